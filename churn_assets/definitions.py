@@ -1,0 +1,59 @@
+"""The Dagster definitions, built from the project settings."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from churn_assets.checks import deployment_gate
+from churn_assets.data import clean_features, raw_customers
+from churn_assets.deployment import deployed_model
+from churn_assets.evaluation import evaluation_report
+from churn_assets.io_managers import JoblibIOManager
+from churn_assets.model import churn_model, fitted_scaler
+from churn_assets.resources import ChurnStorage, DeploymentGateRules, TrainingPlan
+from churn_assets.schedules import churn_refresh, weekly_refresh
+from churn_assets.settings import Settings, load_settings
+from churn_assets.sources import CustomerSource, FileSource, SimulatorSource
+
+ASSETS = [raw_customers, clean_features, fitted_scaler, churn_model, evaluation_report, deployed_model]
+CHECKS = [deployment_gate]
+
+
+def build_source(source: dict) -> CustomerSource:
+    options = {k: v for k, v in source.items() if k != "kind"}
+    kind = source.get("kind", "simulator")
+    if kind == "simulator":
+        return SimulatorSource(**options)
+    if kind == "file":
+        return FileSource(**options)
+    raise ValueError(f"unknown source kind {kind!r}")
+
+
+def build_resources(settings: Settings, source: CustomerSource | None = None) -> dict:
+    """Resources for ``settings``; tests pass their own ``source`` and temporary home."""
+    home = settings.home
+    return {
+        "customer_source": source or build_source(settings.source),
+        "storage": ChurnStorage(home=str(home)),
+        "training_plan": TrainingPlan(spec=settings.spec, **settings.window),
+        "gate_rules": DeploymentGateRules.from_rules(settings.gate_rules),
+        "io_manager": dg.FilesystemIOManager(base_dir=str(home / "dagster_storage")),
+        "model_io_manager": JoblibIOManager(base_dir=str(home / "artifacts")),
+    }
+
+
+def build_defs(settings: Settings | None = None) -> dg.Definitions:
+    settings = settings or load_settings()
+    return dg.Definitions(
+        assets=ASSETS,
+        asset_checks=CHECKS,
+        jobs=[churn_refresh],
+        schedules=[weekly_refresh(settings)],
+        resources=build_resources(settings),
+        # In-process: a step costs milliseconds instead of seconds of process start-up,
+        # and the steps form a chain, so there is no parallelism to lose (README).
+        executor=dg.in_process_executor,
+    )
+
+
+defs = build_defs()

@@ -1,0 +1,44 @@
+"""Classification metrics for a churn model, as plain floats."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from sklearn import metrics as skm
+
+# Metrics where a larger value is better; the rest (brier_score, log_loss) are losses.
+HIGHER_IS_BETTER = {"accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc"}
+METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "brier_score", "log_loss")
+
+
+def churn_metrics(y_true: np.ndarray, churn_probability: np.ndarray, threshold: float) -> dict[str, float]:
+    """Metrics of probabilities ``churn_probability`` (shape (n,), in [0, 1]) against 0/1 labels.
+
+    Threshold metrics use ``probability >= threshold``. A metric that is undefined on
+    these rows (ROC AUC with one class present) is NaN, which a gate treats as failing.
+    """
+    y_true = np.asarray(y_true, dtype=int)
+    proba = np.clip(np.asarray(churn_probability, dtype=float), 0.0, 1.0)
+    predicted = (proba >= threshold).astype(int)
+    both_classes = len(np.unique(y_true)) == 2
+    return {
+        "accuracy": float(skm.accuracy_score(y_true, predicted)),
+        "precision": float(skm.precision_score(y_true, predicted, zero_division=0)),
+        "recall": float(skm.recall_score(y_true, predicted, zero_division=0)),
+        "f1": float(skm.f1_score(y_true, predicted, zero_division=0)),
+        "roc_auc": float(skm.roc_auc_score(y_true, proba)) if both_classes else math.nan,
+        "pr_auc": float(skm.average_precision_score(y_true, proba)) if both_classes else math.nan,
+        "brier_score": float(skm.brier_score_loss(y_true, proba)),
+        "log_loss": float(skm.log_loss(y_true, proba, labels=[0, 1])),
+    }
+
+
+def best_f1_threshold(y_true: np.ndarray, churn_probability: np.ndarray) -> float:
+    """The probability cut-off that maximises F1 on these rows (0.5 if undefined)."""
+    precision, recall, thresholds = skm.precision_recall_curve(y_true, churn_probability)
+    if len(thresholds) == 0:
+        return 0.5
+    f1 = np.divide(2 * precision * recall, precision + recall,
+                   out=np.zeros_like(precision), where=(precision + recall) > 0)
+    return float(thresholds[int(np.argmax(f1[:-1]))])

@@ -1,0 +1,22 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="churn_assets",
+    version="0.1.0",
+    description="Keeps a customer-churn model up to date with Dagster software-defined assets.",
+    python_requires=">=3.11",
+    packages=find_packages(exclude=["churn_assets_tests", "bench"]),
+    package_data={"churn_assets": ["specs/*.json"]},
+    install_requires=[
+        "dagster==1.13.*",
+        "dagster-webserver==1.13.*",
+        "pandas>=3,<4",
+        "pyarrow>=18",
+        "scikit-learn>=1.9,<1.10",
+        "pandera>=0.35,<0.36",
+        "requests>=2.32",
+        "joblib>=1.4",
+    ],
+    extras_require={"dev": ["pytest>=8"]},
+    entry_points={"console_scripts": ["churn-assets=churn_assets.cli:main"]},
+)

@@ -55,7 +55,7 @@ def raw_customers(context: dg.AssetExecutionContext, customer_source: CustomerSo
             asset_key=context.asset_key,
             metadata={"new_records": 0, "watermark": str(watermark), "status": message}))
         return
-    landed = storage.land(batch.records, context.run_id)
+    landed = storage.land(batch.records, context.run.run_id)
     yield dg.Output(
         RawBatch(batch.records, batch.watermark, batch.as_of, batch.description),
         metadata={

@@ -51,11 +51,11 @@ def deployed_model(context: dg.AssetExecutionContext, evaluation_report: dict,
         "fingerprint": churn_model.fingerprint,
         "trained_at": churn_model.trained_at,
         "gate": verdict.to_dict(),
-        "run_id": context.run_id,
+        "run_id": context.run.run_id,
     }
     version = registry.register(churn_model, manifest)
     reason = "bootstrap deploy (floors only)" if verdict.bootstrap else f"passed gate against {current}"
-    pointer = registry.promote(version.version, reason=reason, run_id=context.run_id)
+    pointer = registry.promote(version.version, reason=reason, run_id=context.run.run_id)
     context.log.info(f"promoted {version.version} to production ({reason})")
     return dg.MaterializeResult(metadata={
         "production_version": version.version, "previous_version": str(pointer["previous"]),

@@ -1,0 +1,106 @@
+"""Shared fixtures: the asset graph run in-process against a temporary data directory."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from churn_assets.definitions import ASSETS, CHECKS, build_resources
+from churn_assets.gate import GateRule
+from churn_assets.model import ModelConfig
+from churn_assets.resources import TrainingPlan
+from churn_assets.settings import Settings
+from churn_assets.sources import SimulatorSource
+from churn_assets.training import LABEL, ModelingFrames, train_challenger
+from churn_assets.version import code_version
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# Enough simulated history for a 12-week window + 2 validation + 2 holdout weeks
+# plus the 28-day label horizon; a week later for the second run.
+FIRST_WEEK = "2026-05-04"
+NEXT_WEEK = "2026-05-11"
+PERMISSIVE_RULES = (GateRule("roc_auc", floor=0.0, max_regression=0.005),)
+
+
+def simulator(as_of: str, n_customers: int = 1000) -> SimulatorSource:
+    return SimulatorSource(n_customers=n_customers, as_of=as_of)
+
+
+def run_graph(home: Path, source, *, rules=None, assets=None, selection=None, spec="simulator",
+              window=None, instance=None) -> dg.ExecuteInProcessResult:
+    settings = Settings(home=Path(home), spec=spec, window=window or {})
+    if rules is not None:
+        settings.gate_rules = tuple(rules)
+    return dg.materialize(
+        assets or (ASSETS + CHECKS),
+        resources=build_resources(settings, source=source),
+        selection=selection,
+        instance=instance,
+        raise_on_error=False,
+    )
+
+
+@dg.asset(name="churn_model", group_name="churn", io_manager_key="model_io_manager")
+def shuffled_label_churn_model(config: ModelConfig, clean_features: ModelingFrames, fitted_scaler,
+                               training_plan: TrainingPlan) -> dg.MaterializeResult:
+    """A challenger that learned nothing: trained on labels shuffled within each split."""
+    rng = np.random.default_rng(0)
+    train, validation = clean_features.train.copy(), clean_features.validation.copy()
+    train[LABEL] = rng.permutation(train[LABEL].to_numpy())
+    validation[LABEL] = rng.permutation(validation[LABEL].to_numpy())
+    frames = ModelingFrames(train, validation, clean_features.holdout, clean_features.as_of,
+                            clean_features.label_cutoff, clean_features.held_back_rows)
+    predictor, _ = train_challenger(frames, training_plan.feature_spec(), fitted_scaler,
+                                    ["logistic_regression"], config.seed, code_version(), "test")
+    return dg.MaterializeResult(value=predictor)
+
+
+def with_shuffled_labels() -> list:
+    return [shuffled_label_churn_model if a.key == dg.AssetKey("churn_model") else a for a in ASSETS] + CHECKS
+
+
+def registry_snapshot(home: Path) -> dict:
+    """Every file under the registry with its bytes: equal snapshots mean nothing changed."""
+    root = Path(home) / "registry"
+    if not root.exists():
+        return {}
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def history_snapshot(home: Path) -> dict:
+    root = Path(home) / "history"
+    if not root.exists():
+        return {}
+    return {p.name: p.read_bytes() for p in sorted(root.iterdir()) if p.is_file()}
+
+
+def production_version(home: Path) -> str | None:
+    pointer = Path(home) / "registry" / "production.json"
+    return json.loads(pointer.read_text())["version"] if pointer.exists() else None
+
+
+def check_passed(result: dg.ExecuteInProcessResult) -> bool | None:
+    evaluations = result.get_asset_check_evaluations()
+    return evaluations[0].passed if evaluations else None
+
+
+def metadata_of(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+    for event in result.get_asset_materialization_events():
+        if event.asset_key == dg.AssetKey(asset):
+            return {k: v.value for k, v in event.materialization.metadata.items()}
+    raise KeyError(f"{asset} was not materialized")
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "churn_home"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "telco.csv").exists():
+        raise FileNotFoundError(f"expected the shared datasets at {SHARED_DATA}")
+    return SHARED_DATA

@@ -1,0 +1,74 @@
+"""History upserts and configuration errors."""
+
+import pandas as pd
+import pytest
+
+from churn_assets.history import CustomerHistory
+from churn_assets.settings import SettingsError, load_settings
+from churn_assets.spec import SpecError, load_spec
+
+KEYS = ["customer_id", "snapshot_date"]
+
+
+def frame(rows):
+    return pd.DataFrame(rows, columns=["customer_id", "snapshot_date", "spend", "churned"])
+
+
+def test_upsert_counts_inserts_updates_and_unchanged(tmp_path):
+    history = CustomerHistory(tmp_path)
+    first = frame([("a", "2026-01-05", 1.0, "0"), ("b", "2026-01-05", 2.0, "0")])
+    assert history.upsert(first, KEYS, state={"watermark": "w1"}).inserted == 2
+    second = frame([("a", "2026-01-05", 1.0, "1"), ("b", "2026-01-05", 2.0, "0"), ("c", "2026-01-05", 3.0, "0")])
+    summary = history.upsert(second, KEYS, state={"watermark": "w2"})
+    assert (summary.inserted, summary.updated, summary.unchanged, summary.total_rows) == (1, 1, 1, 3)
+    stored = history.load().set_index("customer_id")
+    assert stored.loc["a", "churned"] == "1"
+    assert history.state() == {"watermark": "w2"}
+
+
+def test_upsert_rejects_unknown_columns_and_keeps_history(tmp_path):
+    history = CustomerHistory(tmp_path)
+    history.upsert(frame([("a", "2026-01-05", 1.0, "0")]), KEYS, state={"watermark": "w1"})
+    before = history.path.read_bytes()
+    bad = frame([("b", "2026-01-05", 1.0, "0")]).assign(surprise=1)
+    with pytest.raises(ValueError, match="surprise"):
+        history.upsert(bad, KEYS, state={"watermark": "w2"})
+    assert history.path.read_bytes() == before
+    assert history.state() == {"watermark": "w1"}
+
+
+def test_config_file_errors_name_the_key(tmp_path):
+    config = tmp_path / "churn.toml"
+    config.write_text('[source]\nkind = "ftp"\n')
+    with pytest.raises(SettingsError, match="source.kind must be"):
+        load_settings({"CHURN_ASSETS_CONFIG": str(config)})
+    config.write_text('[[gate.rules]]\nmetric = "auc"\nfloor = 0.5\n')
+    with pytest.raises(SettingsError, match="unknown metric 'auc'"):
+        load_settings({"CHURN_ASSETS_CONFIG": str(config)})
+    config.write_text('colour = "blue"\n')
+    with pytest.raises(SettingsError, match="unknown keys \\['colour'\\]"):
+        load_settings({"CHURN_ASSETS_CONFIG": str(config)})
+    with pytest.raises(SettingsError, match="no such file"):
+        load_settings({"CHURN_ASSETS_CONFIG": str(tmp_path / "nope.toml")})
+
+
+def test_config_file_paths_are_relative_to_the_file(tmp_path):
+    config = tmp_path / "conf" / "telco.toml"
+    config.parent.mkdir()
+    config.write_text('spec = "telco"\n[source]\nkind = "file"\npath = "../data/telco.csv"\n'
+                      '[schedule]\ntimezone = "Europe/Berlin"\n')
+    settings = load_settings({"CHURN_ASSETS_CONFIG": str(config), "CHURN_ASSETS_HOME": str(tmp_path / "h")})
+    assert settings.source["path"] == str((tmp_path / "data" / "telco.csv").resolve())
+    assert settings.timezone == "Europe/Berlin"
+    assert settings.home == tmp_path / "h"
+    assert load_settings({"CHURN_ASSETS_CONFIG": str(config), "CHURN_ASSETS_TIMEZONE": "UTC"}).timezone == "UTC"
+
+
+def test_spec_errors_name_the_problem(tmp_path):
+    with pytest.raises(SpecError, match="no feature spec 'nosuch'"):
+        load_spec("nosuch")
+    bad = tmp_path / "spec.json"
+    bad.write_text('{"name": "x", "id_column": "id"}')
+    with pytest.raises(SpecError, match="missing required keys"):
+        load_spec(str(bad))
+    assert load_spec("telco").positive_label == "Yes"

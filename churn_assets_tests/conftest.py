@@ -1,5 +1,11 @@
 """Shared fixtures: the asset graph run in-process against a temporary data directory."""
 
+import os
+
+# One OpenMP thread per test process: on a shared 2-core machine, spinning OpenMP
+# workers of parallel test processes slow each other down by an order of magnitude.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import json
 from pathlib import Path
 

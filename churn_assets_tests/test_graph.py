@@ -167,3 +167,12 @@ def test_definitions_load_with_schedule_and_in_process_executor():
     checks = list(repo.asset_graph.asset_check_keys)
     assert [c.name for c in checks] == ["deployment_gate"]
     assert {a.key for a in ASSETS} and len(CHECKS) == 1
+
+
+def test_schedule_timezone_and_cron_come_from_settings(tmp_path):
+    from churn_assets.definitions import build_defs
+    from churn_assets.settings import Settings
+
+    defs = build_defs(Settings(home=tmp_path, cron="30 4 * * 2", timezone="America/New_York"))
+    schedule = defs.get_schedule_def("weekly_refresh")
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("30 4 * * 2", "America/New_York")

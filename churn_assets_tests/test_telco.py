@@ -7,8 +7,12 @@ import textwrap
 import numpy as np
 import pandas as pd
 
+from churn_assets.features import build_preprocessor
 from churn_assets.registry import ModelRegistry
 from churn_assets.sources import FileSource
+from churn_assets.spec import load_spec
+from churn_assets.training import MODEL_FAMILIES, WindowPlan, split_by_time, train_challenger
+from churn_assets.validation import validate_records
 
 from churn_assets_tests.conftest import metadata_of, run_graph
 
@@ -26,26 +30,30 @@ def test_telco_file_deploys_a_model_above_0_82_roc_auc(home, shared_data):
     assert registry.production().manifest["metrics"]["roc_auc"] >= 0.82
 
 
-def test_deployed_artifact_gives_the_same_probabilities_in_a_fresh_process(home, shared_data, tmp_path):
-    source = FileSource(path=str(shared_data / "telco.csv"), snapshot_weeks=10)
-    assert run_graph(home, source, spec="telco", window=TELCO_WINDOW).success
-    registry = ModelRegistry(home / "registry")
-    version = registry.production()
-    model = registry.load(version)
-    # Raw rows as the file has them, blank TotalCharges included.
+def test_deployed_artifact_gives_the_same_probabilities_in_a_fresh_process(shared_data, tmp_path):
+    spec = load_spec("telco")
+    batch = FileSource(path=str(shared_data / "telco.csv"), snapshot_weeks=10).fetch(spec, None)
+    frames = split_by_time(validate_records(batch.records, spec), spec, WindowPlan(), batch.as_of)
+    preprocessor = build_preprocessor(spec).fit(frames.training_window)
+    model, _ = train_challenger(frames, spec, preprocessor, list(MODEL_FAMILIES), 42, "test", "now")
+    # Raw rows as the file has them (blank TotalCharges included), scored by the
+    # object that training produced, before it was ever serialized.
     records = pd.read_csv(shared_data / "telco.csv", dtype={"customerID": str}).head(500)
-    expected = model.predict_proba(records)
+    in_training = model.predict_proba(records)
+    registry = ModelRegistry(tmp_path / "registry")
+    version = registry.register(model, {"fingerprint": model.fingerprint})
+    registry.promote(version.version, reason="test")
     records.to_csv(tmp_path / "rows.csv", index=False)
     script = textwrap.dedent(f"""
         import numpy as np, pandas as pd
         from churn_assets.registry import ModelRegistry
-        registry = ModelRegistry({str(home / "registry")!r})
-        model = registry.load(registry.get({version.version!r}))
+        registry = ModelRegistry({str(tmp_path / "registry")!r})
+        model = registry.load(registry.production())
         rows = pd.read_csv({str(tmp_path / "rows.csv")!r}, dtype={{"customerID": str}})
         np.save({str(tmp_path / "fresh.npy")!r}, model.predict_proba(rows))
     """)
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
     fresh = np.load(tmp_path / "fresh.npy")
     assert fresh.shape == (500,)
-    np.testing.assert_allclose(fresh, expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(fresh, in_training, rtol=0, atol=1e-12)
     assert len(np.unique(np.round(fresh, 6))) > 100  # real probabilities, not a constant

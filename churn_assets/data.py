@@ -11,6 +11,7 @@ from churn_assets.sources import CustomerSource, SourceError
 from churn_assets.report import md_table
 from churn_assets.training import LABEL, NotEnoughHistory, split_by_time
 from churn_assets.validation import RecordValidationError, validate_records
+from churn_assets.version import code_version
 
 
 @dataclass
@@ -70,14 +71,24 @@ def raw_customers(context: dg.AssetExecutionContext, customer_source: CustomerSo
     )
 
 
-@dg.asset(group_name="churn", kinds={"pandas", "pandera"})
+def _production_matches_code(storage: ChurnStorage, spec) -> bool:
+    """True when production was trained by this code on this spec: nothing to retrain for."""
+    production = storage.registry().production()
+    return (production is not None
+            and production.manifest.get("code_version") == code_version()
+            and production.manifest.get("feature_spec") == spec.to_dict())
+
+
+@dg.asset(group_name="churn", kinds={"pandas", "pandera"}, output_required=False)
 def clean_features(context: dg.AssetExecutionContext, raw_customers: RawBatch,
-                   storage: ChurnStorage, training_plan: TrainingPlan) -> dg.MaterializeResult:
+                   storage: ChurnStorage, training_plan: TrainingPlan):
     """The batch validated against the feature spec, upserted into the history, and the
     history cut by time into train / validation / holdout weeks.
 
     A batch that fails validation changes nothing: the history and watermark stay as
-    they were, and the error names every failing column and check.
+    they were, and the error names every failing column and check. A batch that changes
+    no stored row (a file source re-read), with production trained by this code on this
+    spec, is not materialized, so nothing downstream retrains.
     """
     spec = training_plan.feature_spec()
     try:
@@ -95,6 +106,13 @@ def clean_features(context: dg.AssetExecutionContext, raw_customers: RawBatch,
         state={"watermark": raw_customers.watermark, "as_of": str(raw_customers.as_of),
                "source": raw_customers.source},
     )
+    if summary.changed == 0 and _production_matches_code(storage, spec):
+        message = (f"the batch of {summary.received} records changed no stored row and production"
+                   " was trained by this code on this spec; nothing to retrain")
+        context.log.info(message)
+        context.log_event(dg.AssetObservation(asset_key=context.asset_key,
+                                              metadata={"changed_rows": 0, "status": message}))
+        return
     stored = history.load()
     stored[LABEL] = (stored[spec.target_column].astype(str) == spec.positive_label).astype("int64")
     try:
@@ -105,8 +123,8 @@ def clean_features(context: dg.AssetExecutionContext, raw_customers: RawBatch,
               "holdout": len(frames.holdout)}
     context.log.info(f"history {summary.total_rows} rows; {summary.inserted} new, "
                      f"{summary.updated} updated; held back {frames.held_back_rows} with open labels")
-    return dg.MaterializeResult(
-        value=frames,
+    yield dg.Output(
+        frames,
         metadata={
             "inserted_rows": summary.inserted,
             "updated_rows": summary.updated,

@@ -44,6 +44,10 @@ def churn_model(context: dg.AssetExecutionContext, config: ModelConfig,
                 training_plan: TrainingPlan) -> dg.MaterializeResult:
     """The challenger: every model family retrained on the trailing window, the best on
     the validation weeks kept, its threshold tuned there, then refit on the whole window."""
+    unknown = sorted(set(config.families) - set(MODEL_FAMILIES))
+    if unknown or not config.families:
+        raise dg.Failure(description=f"churn_model config: unknown model families {unknown or '(none given)'};"
+                                     f" choose from {list(MODEL_FAMILIES)}", allow_retries=False)
     spec = training_plan.feature_spec()
     predictor, candidates = train_challenger(
         clean_features, spec, fitted_scaler, config.families, config.seed, code_version(),

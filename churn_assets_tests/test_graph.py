@@ -55,8 +55,8 @@ def test_no_new_data_means_no_retrain_and_no_new_version(home):
 def test_retrain_on_unchanged_data_and_code_registers_no_new_version(home):
     assert run_graph(home, simulator(FIRST_WEEK)).success
     before = registry_snapshot(home)
-    # Everything downstream of raw_customers, re-run on the stored batch.
-    rerun = run_graph(home, simulator(FIRST_WEEK), selection=dg.AssetSelection.assets("clean_features").downstream())
+    # Retrain from the stored clean_features: same data, config and code as production.
+    rerun = run_graph(home, simulator(FIRST_WEEK), selection=dg.AssetSelection.assets("fitted_scaler").downstream())
     assert rerun.success
     assert metadata_of(rerun, "deployed_model")["new_version"] is False
     assert registry_snapshot(home) == before
@@ -176,3 +176,32 @@ def test_schedule_timezone_and_cron_come_from_settings(tmp_path):
     defs = build_defs(Settings(home=tmp_path, cron="30 4 * * 2", timezone="America/New_York"))
     schedule = defs.get_schedule_def("weekly_refresh")
     assert (schedule.cron_schedule, schedule.execution_timezone) == ("30 4 * * 2", "America/New_York")
+
+
+def test_rereading_an_unchanged_export_does_not_retrain(home, tmp_path):
+    from churn_assets.sources import FileSource
+
+    export = tmp_path / "export.parquet"
+    simulate(SimulatorSettings(n_customers=1000), FIRST_WEEK).to_parquet(export)
+    assert run_graph(home, FileSource(path=str(export))).success
+    before = registry_snapshot(home)
+    again = run_graph(home, FileSource(path=str(export)))
+    assert again.success
+    skipped = {e.step_key for e in again.all_events if e.event_type_value == "STEP_SKIPPED"}
+    assert {"fitted_scaler", "churn_model", "deployed_model"} <= skipped
+    assert registry_snapshot(home) == before
+
+
+def test_unknown_model_family_in_run_config_is_named(home):
+    from churn_assets.definitions import build_resources
+    from churn_assets.settings import Settings
+
+    result = dg.materialize(
+        ASSETS + CHECKS, resources=build_resources(Settings(home=home), source=simulator(FIRST_WEEK)),
+        run_config={"ops": {"churn_model": {"config": {"families": ["random_forest"]}}}},
+        raise_on_error=False)
+    assert not result.success
+    failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0]
+    assert failure.step_key == "churn_model"
+    assert "random_forest" in str(failure.event_specific_data.error)
+    assert registry_snapshot(home) == {}

@@ -14,6 +14,8 @@ from churn_assets.resources import ChurnStorage, DeploymentGateRules, TrainingPl
 from churn_assets.schedules import churn_refresh, weekly_refresh
 from churn_assets.settings import Settings, load_settings
 from churn_assets.sources import CustomerSource, FileSource, SimulatorSource
+from churn_assets.sources_http import http_source_from_config
+from churn_assets.sources_sql import sql_source_from_config
 
 ASSETS = [raw_customers, clean_features, fitted_scaler, churn_model, evaluation_report, deployed_model]
 CHECKS = [deployment_gate]
@@ -26,6 +28,10 @@ def build_source(source: dict) -> CustomerSource:
         return SimulatorSource(**options)
     if kind == "file":
         return FileSource(**options)
+    if kind == "http":
+        return http_source_from_config(options)
+    if kind == "sql":
+        return sql_source_from_config(options)
     raise ValueError(f"unknown source kind {kind!r}")
 
 

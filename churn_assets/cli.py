@@ -12,6 +12,9 @@ DAGSTER_YAML = """\
 # Written by churn-assets. One refresh at a time: the schedule and sensors queue behind it.
 run_queue:
   max_concurrent_runs: 1
+  tag_concurrency_limits:
+    - key: "churn_assets/refresh"
+      limit: 1
 telemetry:
   enabled: false
 """

@@ -12,6 +12,7 @@ from churn_assets.io_managers import JoblibIOManager
 from churn_assets.model import churn_model, fitted_scaler
 from churn_assets.resources import ChurnStorage, DeploymentGateRules, TrainingPlan
 from churn_assets.schedules import churn_refresh, weekly_refresh
+from churn_assets.sensors import churn_failure_alert, new_data_sensor
 from churn_assets.settings import Settings, load_settings
 from churn_assets.sources import CustomerSource, FileSource, SimulatorSource
 from churn_assets.sources_http import http_source_from_config
@@ -55,6 +56,7 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
         asset_checks=CHECKS,
         jobs=[churn_refresh],
         schedules=[weekly_refresh(settings)],
+        sensors=[new_data_sensor(settings), churn_failure_alert],
         resources=build_resources(settings),
         # In-process: a step costs milliseconds instead of seconds of process start-up,
         # and the steps form a chain, so there is no parallelism to lose (README).

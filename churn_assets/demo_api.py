@@ -240,3 +240,60 @@ def start_in_thread(api: CustomerApi, host: str = "127.0.0.1", port: int = 0) ->
     server = DemoApiServer((host, port), api)
     threading.Thread(target=server.serve_forever, name="demo-api", daemon=True).start()
     return server
+
+
+def add_arguments(parser) -> None:
+    """``churn-assets demo-api`` options (kept here, next to what they configure)."""
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    parser.add_argument("--customers", type=int, default=3000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--start-date", default="2026-01-05")
+    parser.add_argument("--as-of", default="", help="the simulated today (default: today)")
+    parser.add_argument("--token-env", default="CHURN_ASSETS_API_TOKEN",
+                        help="environment variable holding the bearer token clients must send")
+    parser.add_argument("--no-auth", action="store_true", help="accept requests without a token")
+    parser.add_argument("--fault", action="append", default=[], choices=FAULT_KINDS,
+                        help="fault for the next data request; repeat to queue several")
+    parser.add_argument("--retry-after", type=int, default=1, help="Retry-After of injected 429s")
+    parser.add_argument("--stall-seconds", type=float, default=30.0)
+    parser.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
+                        help="serve column OLD under the name NEW (schema drift)")
+    parser.add_argument("--drop", action="append", default=[], metavar="COLUMN")
+
+
+def serve(ns) -> int:
+    """Run the demo API in the foreground until SIGINT or SIGTERM."""
+    import datetime as dt
+    import os
+    import signal
+
+    token = "" if ns.no_auth else os.environ.get(ns.token_env, "")
+    if not token and not ns.no_auth:
+        print(f"demo-api: set {ns.token_env} to the token clients must send, or pass --no-auth",
+              file=sys.stderr)
+        return 2
+    faults = Faults(queue=list(ns.fault), retry_after=ns.retry_after, stall_seconds=ns.stall_seconds,
+                    rename=dict(pair.split("=", 1) for pair in ns.rename), drop=list(ns.drop))
+    as_of = ns.as_of or dt.datetime.now(dt.timezone.utc).date().isoformat()
+    api = CustomerApi(SimulatorSettings(n_customers=ns.customers, start_date=ns.start_date,
+                                        seed=ns.seed), as_of, token=token, faults=faults)
+    rows = len(api.frame(as_of))  # simulate before accepting requests, not inside the first one
+    server = DemoApiServer((ns.host, ns.port), api)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt  # unwinds serve_forever in this (main) thread
+
+    # Set explicitly: this process may have inherited SIGTERM as ignored.
+    signal.signal(signal.SIGTERM, stop)
+    print(f"demo customer API on {server.url} ({rows} records as of {as_of};"
+          f" token from ${ns.token_env})" if token else
+          f"demo customer API on {server.url} ({rows} records as of {as_of}; no auth)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        api.release.set()
+        server.server_close()
+    return 0

@@ -268,6 +268,12 @@ def serve(ns) -> int:
     import os
     import signal
 
+    def stop(signum, frame):
+        raise KeyboardInterrupt  # unwinds serve_forever (or the simulation) in this thread
+
+    # Set first thing: this process may have inherited SIGTERM as ignored, and building a
+    # large simulated base takes seconds during which a stop must work too.
+    signal.signal(signal.SIGTERM, stop)
     token = "" if ns.no_auth else os.environ.get(ns.token_env, "")
     if not token and not ns.no_auth:
         print(f"demo-api: set {ns.token_env} to the token clients must send, or pass --no-auth",
@@ -278,14 +284,11 @@ def serve(ns) -> int:
     as_of = ns.as_of or dt.datetime.now(dt.timezone.utc).date().isoformat()
     api = CustomerApi(SimulatorSettings(n_customers=ns.customers, start_date=ns.start_date,
                                         seed=ns.seed), as_of, token=token, faults=faults)
-    rows = len(api.frame(as_of))  # simulate before accepting requests, not inside the first one
+    try:
+        rows = len(api.frame(as_of))  # simulate before accepting requests, not in the first one
+    except KeyboardInterrupt:
+        return 0
     server = DemoApiServer((ns.host, ns.port), api)
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt  # unwinds serve_forever in this (main) thread
-
-    # Set explicitly: this process may have inherited SIGTERM as ignored.
-    signal.signal(signal.SIGTERM, stop)
     print(f"demo customer API on {server.url} ({rows} records as of {as_of};"
           f" token from ${ns.token_env})" if token else
           f"demo customer API on {server.url} ({rows} records as of {as_of}; no auth)", flush=True)

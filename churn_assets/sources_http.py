@@ -56,9 +56,6 @@ class HttpSource(CustomerSource):
     # next scheduled run, not to a worker blocked in sleep.
     max_retry_after: int = 300
 
-    def __repr_args__(self):
-        return [(k, "***" if k == "token" else v) for k, v in super().__repr_args__()]
-
     def describe(self) -> str:
         return f"http ({self.base_url})"
 

@@ -8,6 +8,10 @@ environment variables override single values:
   default ``~/.churn_assets``.
 - ``CHURN_ASSETS_SIMULATOR_AS_OF``: the simulator's "today" (YYYY-MM-DD).
 - ``CHURN_ASSETS_TIMEZONE``: the weekly schedule's timezone (default UTC).
+
+Secrets never go in the TOML file: the HTTP source's token and a SQL URL with a
+password are read from the variables that ``source.token_env`` / ``source.url_env``
+name, and failure alerts go to ``CHURN_ASSETS_ALERT_WEBHOOK`` (docs/ingestion.md).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import pytest
 
 from churn_assets.sources import SourceError, TransientSourceError
@@ -162,3 +163,20 @@ def test_unknown_path_fails_with_what_to_fix(world):
     with pytest.raises(SourceError, match="check source.base_url") as caught:
         ready(source).fetch(SPEC, None)
     assert not isinstance(caught.value, TransientSourceError)
+
+
+def test_count_endpoint_matches_what_a_fetch_returns(world):
+    source = ready(http_source(world.server))
+    frame = world.api.frame(NEXT_WEEK)
+    found = source.count_new(SPEC, FIRST_WEEK)
+    assert found.count == int((frame["updated_at"] > pd.Timestamp(FIRST_WEEK)).sum()) > 0
+    assert found.count == len(source.fetch(SPEC, FIRST_WEEK).records)
+    assert pd.Timestamp(found.newest) == frame["updated_at"].max()
+
+
+def test_bad_request_is_permanent_and_says_what_to_fix(world):
+    source = ready(http_source(world.server, page_size=10**6))  # over the API's maximum
+    with pytest.raises(SourceError, match="HTTP 400.*check source.page_size") as caught:
+        source.fetch(SPEC, None)
+    assert not isinstance(caught.value, TransientSourceError)
+    assert world.data_requests() == [400]

@@ -34,10 +34,11 @@ def start_demo_api(as_of: str = FIRST_WEEK, token: str = TOKEN) -> DemoApiServer
     return start_in_thread(api)
 
 
-def http_source(server: DemoApiServer, **options) -> HttpSource:
+def http_source(server: DemoApiServer | str, **options) -> HttpSource:
+    """An HttpSource for a demo API (server or URL), its token read through dg.EnvVar."""
     options.setdefault("page_size", 2000)
     options.setdefault("backoff_factor", 0.1)
-    options.setdefault("base_url", server.url)
+    options.setdefault("base_url", server if isinstance(server, str) else server.url)
     return HttpSource(token=dg.EnvVar(TOKEN_ENV), **options)
 
 

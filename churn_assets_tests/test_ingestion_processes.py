@@ -50,7 +50,7 @@ def test_demo_api_command_serves_the_contract_and_stops_on_sigterm(monkeypatch):
         url = banner.split(" on ")[1].split()[0]
         assert requests.get(url + "/healthz", timeout=5).status_code == 200
         assert requests.get(url + "/v1/customers", timeout=5).status_code == 401
-        source = ready(http_source(type("Server", (), {"url": url})(), page_size=700))
+        source = ready(http_source(url, page_size=700))
         batch = source.fetch(load_spec("simulator"), None)
         expected = simulate(SimulatorSettings(n_customers=300), FIRST_WEEK)
         assert len(batch.records) == len(expected)

@@ -126,6 +126,16 @@ def test_truncated_or_missing_page_stores_nothing(world, fault, phrase):
     assert len(attempts) == 2
 
 
+def test_one_transient_fault_is_retried_by_the_retry_policy(world):
+    world.api.faults.queue[:] = ["truncate"]  # the session cannot retry a body cut short
+    result = run_refresh(world.home, http_source(world.server))
+    assert result.success, step_failures(result)
+    retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert [e.step_key for e in retries] == ["raw_customers"]
+    state = json.loads((world.home / "history" / "state.json").read_text())
+    assert state["watermark"].startswith(NEXT_WEEK)
+
+
 def test_bad_token_fails_fast_and_never_shows_the_token(world, monkeypatch, capsys, caplog):
     wrong = "wrong-" + TOKEN
     monkeypatch.setenv(TOKEN_ENV, wrong)

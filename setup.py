@@ -16,6 +16,8 @@ setup(
         "pandera>=0.35,<0.36",
         "requests>=2.32",
         "joblib>=1.4",
+        "sqlalchemy>=2.1,<2.2",
+        "psycopg2-binary>=2.9",
     ],
     extras_require={"dev": ["pytest>=8"]},
     entry_points={"console_scripts": ["churn-assets=churn_assets.cli:main"]},

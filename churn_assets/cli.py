@@ -12,6 +12,9 @@ DAGSTER_YAML = """\
 # Written by churn-assets. One refresh at a time: the schedule and sensors queue behind it.
 run_queue:
   max_concurrent_runs: 1
+  tag_concurrency_limits:
+    - key: "churn_assets/refresh"
+      limit: 1
 telemetry:
   enabled: false
 """
@@ -93,7 +96,15 @@ def cmd_info(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo_api(ns: argparse.Namespace) -> int:
+    from churn_assets.demo_api import serve
+
+    return serve(ns)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from churn_assets.demo_api import add_arguments as demo_api_arguments
+
     parser = argparse.ArgumentParser(prog="churn-assets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("materialize", help="run the refresh (default: the whole graph) with persistent state")
@@ -110,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_rollback)
     p = sub.add_parser("info", help="print where state lives and the active configuration")
     p.set_defaults(func=cmd_info)
+    p = sub.add_parser("demo-api", help="serve the simulator over the customer API (docs/ingestion.md)")
+    demo_api_arguments(p)
+    p.set_defaults(func=cmd_demo_api)
     return parser
 
 

@@ -7,7 +7,7 @@ import dagster as dg
 import pandas as pd
 
 from churn_assets.resources import ChurnStorage, TrainingPlan
-from churn_assets.sources import CustomerSource, SourceError
+from churn_assets.sources import CustomerSource, SourceError, TransientSourceError
 from churn_assets.report import md_table
 from churn_assets.training import LABEL, NotEnoughHistory, split_by_time
 from churn_assets.validation import RecordValidationError, validate_records
@@ -47,8 +47,12 @@ def raw_customers(context: dg.AssetExecutionContext, customer_source: CustomerSo
     watermark = storage.history().state().get("watermark")
     try:
         batch = customer_source.fetch(spec, watermark)
+    except TransientSourceError as exc:
+        # The source's own retries ran out; the RetryPolicy above tries again later.
+        raise dg.Failure(description=str(exc), allow_retries=True) from None
     except SourceError as exc:
-        raise dg.Failure(description=str(exc), allow_retries=False) from exc
+        # Bad token, wrong URL, broken contract: retrying cannot help, so fail at once.
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
     if batch.records.empty:
         message = f"no new customer records since watermark {watermark} ({batch.description}); nothing to retrain"
         context.log.info(message)

@@ -12,8 +12,11 @@ from churn_assets.io_managers import JoblibIOManager
 from churn_assets.model import churn_model, fitted_scaler
 from churn_assets.resources import ChurnStorage, DeploymentGateRules, TrainingPlan
 from churn_assets.schedules import churn_refresh, weekly_refresh
+from churn_assets.sensors import churn_failure_alert, new_data_sensor
 from churn_assets.settings import Settings, load_settings
 from churn_assets.sources import CustomerSource, FileSource, SimulatorSource
+from churn_assets.sources_http import http_source_from_config
+from churn_assets.sources_sql import sql_source_from_config
 
 ASSETS = [raw_customers, clean_features, fitted_scaler, churn_model, evaluation_report, deployed_model]
 CHECKS = [deployment_gate]
@@ -26,6 +29,10 @@ def build_source(source: dict) -> CustomerSource:
         return SimulatorSource(**options)
     if kind == "file":
         return FileSource(**options)
+    if kind == "http":
+        return http_source_from_config(options)
+    if kind == "sql":
+        return sql_source_from_config(options)
     raise ValueError(f"unknown source kind {kind!r}")
 
 
@@ -49,6 +56,7 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
         asset_checks=CHECKS,
         jobs=[churn_refresh],
         schedules=[weekly_refresh(settings)],
+        sensors=[new_data_sensor(settings), churn_failure_alert],
         resources=build_resources(settings),
         # In-process: a step costs milliseconds instead of seconds of process start-up,
         # and the steps form a chain, so there is no parallelism to lose (README).

@@ -6,11 +6,30 @@ import dagster as dg
 
 from churn_assets.settings import Settings
 
+REFRESH_TAG = "churn_assets/refresh"
+# Runs that hold (or will soon hold) the customer history and registry.
+ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+          dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+
 churn_refresh = dg.define_asset_job(
     "churn_refresh",
     selection=dg.AssetSelection.groups("churn"),
     description="Collect, validate, retrain, evaluate against the champion, deploy if the gate passes.",
+    # The instance's run queue allows one run with this tag at a time (cli.DAGSTER_YAML).
+    tags={REFRESH_TAG: "true"},
 )
+
+
+def refresh_in_progress(instance: dg.DagsterInstance) -> str | None:
+    """The id of a refresh that is queued or running, if any.
+
+    Two refreshes at once would race on the watermark and the production pointer; the
+    run queue limit stops a second one from starting, and the schedule and sensors
+    check here too, so they do not even queue one behind a running refresh.
+    """
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=churn_refresh.name, statuses=ACTIVE),
+                             limit=1)
+    return runs[0].run_id if runs else None
 
 
 def weekly_refresh(settings: Settings) -> dg.ScheduleDefinition:
@@ -20,5 +39,6 @@ def weekly_refresh(settings: Settings) -> dg.ScheduleDefinition:
         cron_schedule=settings.cron,
         execution_timezone=settings.timezone,
         default_status=dg.DefaultScheduleStatus.RUNNING,
+        should_execute=lambda context: refresh_in_progress(context.instance) is None,
         description=f"Refresh the churn model ({settings.cron}, {settings.timezone}).",
     )

@@ -8,6 +8,10 @@ environment variables override single values:
   default ``~/.churn_assets``.
 - ``CHURN_ASSETS_SIMULATOR_AS_OF``: the simulator's "today" (YYYY-MM-DD).
 - ``CHURN_ASSETS_TIMEZONE``: the weekly schedule's timezone (default UTC).
+
+Secrets never go in the TOML file: the HTTP source's token and a SQL URL with a
+password are read from the variables that ``source.token_env`` / ``source.url_env``
+name, and failure alerts go to ``CHURN_ASSETS_ALERT_WEBHOOK`` (docs/ingestion.md).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from pathlib import Path
 from churn_assets.gate import DEFAULT_RULES, GateRule
 
 DEFAULT_HOME = "~/.churn_assets"
-KNOWN_SECTIONS = {"home", "spec", "source", "window", "gate", "schedule"}
+KNOWN_SECTIONS = {"home", "spec", "source", "window", "gate", "schedule", "sensor"}
+SOURCE_KINDS = ("simulator", "file", "http", "sql")
 
 
 class SettingsError(ValueError):
@@ -36,6 +41,7 @@ class Settings:
     gate_rules: tuple[GateRule, ...] = DEFAULT_RULES
     cron: str = "0 3 * * 1"
     timezone: str = "UTC"
+    sensor: dict = field(default_factory=dict)  # new-data sensor: min_new_records, interval
 
     @property
     def dagster_home(self) -> Path:
@@ -65,12 +71,7 @@ def load_settings(environ: dict | None = None) -> Settings:
     if settings.spec.endswith(".json"):
         settings.spec = str(_resolve(settings.spec, base))
     source = dict(data.get("source", settings.source))
-    if source.get("kind") not in ("simulator", "file"):
-        raise SettingsError(f"source.kind must be 'simulator' or 'file', not {source.get('kind')!r}")
-    if source.get("kind") == "file":
-        if "path" not in source:
-            raise SettingsError("source.kind = 'file' needs source.path")
-        source["path"] = str(_resolve(source["path"], base))
+    _check_source(source, base)
     if env.get("CHURN_ASSETS_SIMULATOR_AS_OF") and source.get("kind") == "simulator":
         source["as_of"] = env["CHURN_ASSETS_SIMULATOR_AS_OF"]
     settings.source = source
@@ -84,7 +85,29 @@ def load_settings(environ: dict | None = None) -> Settings:
     schedule = data.get("schedule", {})
     settings.cron = schedule.get("cron", settings.cron)
     settings.timezone = env.get("CHURN_ASSETS_TIMEZONE") or schedule.get("timezone", settings.timezone)
+    settings.sensor = dict(data.get("sensor", {}))
     return settings
+
+
+def _check_source(source: dict, base: Path) -> None:
+    """Required keys per source kind; relative paths resolve against the config file."""
+    kind = source.get("kind")
+    if kind not in SOURCE_KINDS:
+        raise SettingsError(f"source.kind must be one of {list(SOURCE_KINDS)}, not {kind!r}")
+    if kind == "file":
+        if "path" not in source:
+            raise SettingsError("source.kind = 'file' needs source.path")
+        source["path"] = str(_resolve(source["path"], base))
+    if kind == "http" and "base_url" not in source:
+        raise SettingsError("source.kind = 'http' needs source.base_url (token: source.token_env)")
+    if kind == "sql":
+        if sum(k in source for k in ("url", "url_env", "path")) != 1:
+            raise SettingsError("source.kind = 'sql' needs exactly one of source.url,"
+                                " source.url_env (a variable holding the URL) or source.path (SQLite)")
+        if ("table" in source) == ("query" in source):
+            raise SettingsError("source.kind = 'sql' needs exactly one of source.table or source.query")
+        if "path" in source:
+            source["url"] = f"sqlite:///{_resolve(source.pop('path'), base)}"
 
 
 def _resolve(value: str, base: Path) -> Path:

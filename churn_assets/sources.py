@@ -20,7 +20,24 @@ from churn_assets.spec import FeatureSpec
 
 
 class SourceError(RuntimeError):
-    """The source could not deliver records; the message says what to fix."""
+    """The source could not deliver records; the message says what to fix.
+
+    Permanent: retrying the same request cannot help (bad token, wrong URL, a response
+    that breaks the contract), so the run fails at once.
+    """
+
+
+class TransientSourceError(SourceError):
+    """The source may well answer on a later try (timeouts, 5xx, 429 after the source's
+    own retries ran out); the ingestion asset's ``RetryPolicy`` tries again."""
+
+
+@dataclass(frozen=True)
+class NewRecords:
+    """What a cheap look at the source found past a watermark (for the new-data sensor)."""
+
+    count: int
+    newest: str | None
 
 
 @dataclass
@@ -37,11 +54,31 @@ class SourceBatch:
     description: str
 
 
+def parse_updated_at(frame: pd.DataFrame, column: str, where: str) -> pd.DataFrame:
+    """``column`` as naive UTC timestamps, so watermarks compare as instants, not text."""
+    if column not in frame.columns:
+        raise SourceError(f"{where}: records have no {column!r} column (the watermark column);"
+                          f" columns are {sorted(frame.columns)[:20]}")
+    try:
+        stamps = pd.to_datetime(frame[column], format="ISO8601", utc=True)
+    except (ValueError, TypeError) as exc:
+        raise SourceError(f"{where}: column {column!r} holds values that are not ISO 8601"
+                          f" timestamps: {exc}") from None
+    frame[column] = stamps.dt.tz_localize(None).astype("datetime64[ns]")
+    return frame
+
+
 class CustomerSource(dg.ConfigurableResource):
     """Base class of customer-record sources."""
 
     def fetch(self, spec: FeatureSpec, watermark: str | None) -> SourceBatch:
         raise NotImplementedError
+
+    def count_new(self, spec: FeatureSpec, watermark: str | None) -> NewRecords:
+        """How many records changed past ``watermark``; sources override this with a
+        cheaper question (a count query, a count endpoint) than a whole fetch."""
+        batch = self.fetch(spec, watermark)
+        return NewRecords(len(batch.records), batch.watermark if len(batch.records) else None)
 
     def describe(self) -> str:
         return type(self).__name__

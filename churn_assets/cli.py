@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -86,12 +87,19 @@ def cmd_rollback(ns: argparse.Namespace) -> int:
     return 0
 
 
+def redact_url(value: str) -> str:
+    """``scheme://user:secret@host`` -> ``scheme://user:***@host``; other text unchanged."""
+    return re.sub(r"(://[^:/@\s]+):[^@\s]+@", r"\1:***@", value)
+
+
 def cmd_info(ns: argparse.Namespace) -> int:
     from churn_assets.settings import load_settings
 
     settings = load_settings()
+    source = {key: redact_url(value) if isinstance(value, str) else value
+              for key, value in settings.source.items()}
     print(json.dumps({"home": str(settings.home), "dagster_home": str(settings.dagster_home),
-                      "spec": settings.spec, "source": settings.source,
+                      "spec": settings.spec, "source": source,
                       "schedule": f"{settings.cron} ({settings.timezone})"}, indent=2))
     return 0
 

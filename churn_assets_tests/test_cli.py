@@ -24,3 +24,15 @@ def test_materialize_persists_the_dagster_instance_under_the_data_directory(tmp_
         runs = instance.get_runs()
         assert len(runs) == 2
         assert all(run.status == dg.DagsterRunStatus.SUCCESS for run in runs)
+
+
+def test_info_never_prints_a_database_password(tmp_path):
+    config = tmp_path / "churn.toml"
+    config.write_text('[source]\nkind = "sql"\nurl = "postgresql+psycopg2://churn:s3cr3t-pw@db:5432/crm"\n'
+                      'table = "customers"\n')
+    env = dict(os.environ, CHURN_ASSETS_CONFIG=str(config), CHURN_ASSETS_HOME=str(tmp_path))
+    done = subprocess.run([str(Path(sys.executable).with_name("churn-assets")), "info"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "s3cr3t-pw" not in done.stdout + done.stderr
+    assert "postgresql+psycopg2://churn:***@db:5432/crm" in done.stdout

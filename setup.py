@@ -16,7 +16,12 @@ setup(
         "pandera>=0.35,<0.36",
         "requests>=2.32",
         "joblib>=1.4",
+        # Serving (churn-assets serve): ASGI app, uvicorn with uvloop + httptools, orjson.
+        "fastapi>=0.115,<1",
+        "uvicorn[standard]>=0.30,<1",
+        "orjson>=3.10,<4",
     ],
-    extras_require={"dev": ["pytest>=8"]},
+    extras_require={"dev": ["pytest>=8", "httpx>=0.27"],
+                    "bench": ["flask>=3,<4"]},
     entry_points={"console_scripts": ["churn-assets=churn_assets.cli:main"]},
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
@@ -28,6 +29,13 @@ SPEC = load_spec("simulator")
 @pytest.fixture(scope="session")
 def trained():
     """Real predictors trained like the churn_model asset: v1 LR, v2 HGB, v3 LR on other data."""
+    return trained_predictors()
+
+
+@functools.cache
+def trained_predictors():
+    # Cached here, not only by the fixture: each test module imports the fixture, and
+    # pytest would build a session fixture once per module that defines it.
     frames = sample_frames(n_customers=600)
     return [train_family(frames, "logistic_regression"),
             train_family(frames, "hist_gradient_boosting"),

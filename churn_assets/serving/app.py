@@ -97,8 +97,7 @@ def score(model: ServingModel, request) -> dict:
     """Probabilities and labels for a checked request, all from ``model``."""
     version, threshold = model.version, model.threshold
     if not request.batch:
-        records = request.records
-        p = model.predict_one(records.numeric[0].tolist(), records.categories[0])
+        p = model.predict_one(*request.records.row(0))
         return {"model_version": version, "customer_id": request.customer_ids[0],
                 "churn_probability": p, "churn_label": int(p >= threshold), "threshold": threshold}
     proba = model.predict_many(request.records)

@@ -60,7 +60,7 @@ class ServingModel:
     def predict_one(self, numeric: list[float], categories: list[str | None]) -> float:
         if self.compiled is not None:
             return self.compiled.predict_one(numeric, categories)
-        return float(self.predict_many(EncodedRecords(np.array([numeric]), [categories]))[0])
+        return float(self.predict_many(EncodedRecords(np.array([numeric]), [[t] for t in categories]))[0])
 
     def predict_many(self, records: EncodedRecords) -> np.ndarray:
         if self.compiled is not None:
@@ -68,7 +68,7 @@ class ServingModel:
         spec = self.predictor.spec
         frame = pd.DataFrame(records.numeric, columns=list(spec.numeric_features))
         for j, column in enumerate(spec.categorical_features):
-            frame[column] = pd.Series([texts[j] for texts in records.categories], dtype=object)
+            frame[column] = pd.Series(records.categories[j], dtype=object)
         return self.predictor.predict_proba(frame)
 
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "churn_assets_tests
 from serving_support import SPEC, ServerProcess, as_json_records, free_port, wait_for  # noqa: E402
 
 from churn_assets.registry import ModelRegistry  # noqa: E402
-from churn_assets.serving.app import score  # noqa: E402
+from churn_assets.serving.predict_endpoint import score  # noqa: E402
 from churn_assets.serving.model_store import load_serving_model  # noqa: E402
 from churn_assets.serving.sample_models import register, sample_frames, train_family  # noqa: E402
 from churn_assets.simulator import SimulatorSettings, simulate  # noqa: E402
@@ -79,6 +79,7 @@ def in_process(model, predictor, record: dict, batch: list[dict]) -> dict:
 
 
 def wrk(port: int, record: dict, connections: int, seconds: int, workdir: Path) -> dict:
+    load_before = os.getloadavg()[0]
     script = workdir / "post.lua"
     script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                       f"wrk.body = {json.dumps(json.dumps(record))}\n")
@@ -89,7 +90,8 @@ def wrk(port: int, record: dict, connections: int, seconds: int, workdir: Path) 
     errors = re.search(r"Socket errors: (.*)", out)
     return {"connections": connections, "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
             "p50_ms": latency["50"], "p90_ms": latency["90"], "p99_ms": latency["99"],
-            "non_2xx": int(bad.group(1)) if bad else 0, "socket_errors": errors.group(1) if errors else None}
+            "non_2xx": int(bad.group(1)) if bad else 0, "socket_errors": errors.group(1) if errors else None,
+            "load_average_1m_before": load_before}
 
 
 def http_batch_ms(port: int, batch: list[dict]) -> float:

@@ -161,6 +161,8 @@ def test_openapi_request_schema_is_generated_from_the_served_model(client):
     assert set(record["properties"]) == {*SPEC.feature_columns, SPEC.id_column, SPEC.timestamp_column}
     assert record["required"] == client.get("/model").json()["required_fields"]
     assert record["properties"]["plan"]["examples"] == ["basic", "enterprise", "pro"]
+    body = document["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["oneOf"][0] == {"$ref": "#/components/schemas/CustomerRecord"}
     assert client.get("/docs").status_code == 200
 
 

@@ -4,31 +4,28 @@ Endpoints: ``POST /predict``, ``GET /health``, ``GET /ready``, ``GET /model`` an
 OpenAPI document (``/openapi.json``, ``/docs``), whose /predict request schema is
 generated from the feature spec of the model being served and follows it on reload.
 
-/predict reads the raw body and answers with orjson instead of declaring a pydantic
-body model: the record checks in ``schema.py`` are cheaper, and they name every bad
-row and field (422/413) in one response. Large batches are scored in a worker thread
-so that one 10,000-row request does not stall the single-row requests behind it.
+/predict is served by ``predict_endpoint.PredictFrontDoor`` in front of FastAPI, with
+the record checks of ``schema.py`` instead of a pydantic body model: both are far
+cheaper than the framework's path, and the checks name every bad row and field
+(422/413) in one response. FastAPI serves the rest and documents /predict.
 """
 
 from __future__ import annotations
 
-import hmac
 import os
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import numpy as np
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 
-from churn_assets.serving.model_store import ModelStore, ServingModel
-from churn_assets.serving.schema import BATCH_KEY, RequestRejected, problem
+from churn_assets.serving.model_store import ModelStore
+from churn_assets.serving.predict_endpoint import PredictFrontDoor
+from churn_assets.serving.schema import BATCH_KEY
 
 TOKEN_ENV = "CHURN_ASSETS_API_TOKEN"
-THREAD_BATCH_ROWS = 256  # batches above this are scored off the event loop
 
 
 @dataclass(frozen=True)
@@ -60,57 +57,13 @@ def json_response(content: object, status: int = 200, headers: dict | None = Non
                     media_type="application/json", headers=headers)
 
 
-def rejected(exc: RequestRejected) -> Response:
-    return json_response(exc.body(), exc.status)
-
-
 def not_ready(store: ModelStore) -> Response:
     return json_response({"ready": False, "reason": store.problem or "no production model loaded"}, 503)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing (413) anything over ``limit`` bytes before reading all of it."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestRejected(413, [problem(None, None, f"body of {declared} bytes; at most {limit}")])
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:  # chunked or lying Content-Length
-            raise RequestRejected(413, [problem(None, None, f"body over {limit} bytes")])
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def check_token(request: Request, token: bytes | None) -> Response | None:
-    """None if allowed; else a 401. The token is compared in constant time, never logged."""
-    if token is None:
-        return None
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token):
-        return None
-    return json_response({"detail": [problem(None, "Authorization", "a valid bearer token is required")]},
-                         401, headers={"WWW-Authenticate": "Bearer"})
-
-
-def score(model: ServingModel, request) -> dict:
-    """Probabilities and labels for a checked request, all from ``model``."""
-    version, threshold = model.version, model.threshold
-    if not request.batch:
-        p = model.predict_one(*request.records.row(0))
-        return {"model_version": version, "customer_id": request.customer_ids[0],
-                "churn_probability": p, "churn_label": int(p >= threshold), "threshold": threshold}
-    proba = model.predict_many(request.records)
-    labels = (proba >= threshold).astype(np.int64).tolist()
-    predictions = [{"customer_id": cid, "churn_probability": p, "churn_label": label,
-                    "model_version": version}
-                   for cid, p, label in zip(request.customer_ids, proba.tolist(), labels)]
-    return {"model_version": version, "threshold": threshold, "predictions": predictions}
-
-
-def create_app(config: ServeConfig, store: ModelStore | None = None) -> FastAPI:
+def create_app(config: ServeConfig, store: ModelStore | None = None) -> PredictFrontDoor:
+    """The ASGI app: /predict in front (``predict_endpoint``), FastAPI for the rest."""
     store = store or ModelStore(config.registry_root, config.max_batch, config.poll_seconds)
-    token = config.api_token.encode() if config.api_token else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -153,27 +106,8 @@ def create_app(config: ServeConfig, store: ModelStore | None = None) -> FastAPI:
             "required_fields": sorted(model.schema.required), "fast_path": model.compiled is not None,
             "max_batch": config.max_batch})
 
-    @app.post("/predict", summary="Churn probability of one customer or a batch")
-    async def predict(request: Request):
-        denied = check_token(request, token)
-        if denied is not None:
-            return denied
-        model = store.current  # read once: this request is computed by this version only
-        try:
-            body = await read_body(request, config.max_body_bytes)
-            if model is None:
-                return not_ready(store)
-            checked = model.schema.parse(body)
-        except RequestRejected as exc:
-            return rejected(exc)
-        if len(checked.customer_ids) > THREAD_BATCH_ROWS:
-            result = await run_in_threadpool(score, model, checked)
-        else:
-            result = score(model, checked)
-        return json_response(result, headers={"X-Model-Version": model.version})
-
     app.openapi = lambda: openapi_document(app, store, config)
-    return app
+    return PredictFrontDoor(app, store, config.max_body_bytes, config.api_token)
 
 
 def openapi_document(app: FastAPI, store: ModelStore, config: ServeConfig) -> dict:
@@ -191,7 +125,10 @@ def openapi_document(app: FastAPI, store: ModelStore, config: ServeConfig) -> di
                                         "minItems": 1, "maxItems": config.max_batch}}}
     document.setdefault("components", {}).setdefault("schemas", {}).update(
         {"CustomerRecord": record, "CustomerBatch": batch})
-    operation = document["paths"]["/predict"]["post"]
+    operation = {"summary": "Churn probability of one customer or a batch", "operationId": "predict",
+                 "responses": {"200": {"description": "per customer: churn_probability, churn_label"
+                                                      " (at the model's threshold), model_version"}}}
+    document.setdefault("paths", {})["/predict"] = {"post": operation}
     operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": {
         "oneOf": [{"$ref": "#/components/schemas/CustomerRecord"},
                   {"$ref": "#/components/schemas/CustomerBatch"}]}}}}
@@ -201,11 +138,11 @@ def openapi_document(app: FastAPI, store: ModelStore, config: ServeConfig) -> di
     for status, text in (("401", "missing or wrong bearer token"), ("413", "body or batch over the limit"),
                          ("422", "each bad row and field: {row, field, message}"),
                          ("503", "no production model loaded")):
-        operation.setdefault("responses", {})[status] = {"description": text}
+        operation["responses"][status] = {"description": text}
     app.state.openapi_cache = (version, document)
     return document
 
 
-def app_from_env() -> FastAPI:
+def app_from_env() -> PredictFrontDoor:
     """Factory for ``uvicorn --factory`` (each worker process builds its own app and store)."""
     return create_app(ServeConfig.from_env())

@@ -92,10 +92,12 @@ class _Linear:
 class _Forest:
     """Binary HistGradientBoostingClassifier as flat node arrays.
 
-    Every tree's nodes go into one array; a leaf's children point at itself, so after
-    ``depth`` steps each tree sits on its leaf and one NumPy step advances all trees.
-    Inputs are never NaN here (the imputer filled them), so scikit-learn's
-    missing-value branch is never taken and is not needed.
+    Every tree's nodes go into one array, a leaf's children being the leaf itself. For
+    one row, every node's decision is taken at once (``next = right if x[feature] >
+    threshold else left``: three vector operations over all nodes), then each tree
+    follows its chain for ``depth`` steps, one gather per level for all trees. Inputs
+    are never NaN here (the imputer filled them), so scikit-learn's missing-value
+    branch is never taken and is not needed.
     """
 
     def __init__(self, clf: HistGradientBoostingClassifier) -> None:
@@ -110,29 +112,24 @@ class _Forest:
         owner = np.repeat(offsets, sizes)
         own = np.arange(len(nodes), dtype=np.intp)
         leaf = nodes["is_leaf"].astype(bool)
-        left = np.where(leaf, own, nodes["left"].astype(np.intp) + owner)
-        right = np.where(leaf, own, nodes["right"].astype(np.intp) + owner)
-        # A tree's position is kept as 2 * node so that one gather per level finds the
-        # child: children2[2 * node + goes_right] = 2 * child. Feature and threshold are
-        # stored twice per node to be read at the same even index.
-        self.children2 = np.empty(2 * len(nodes), dtype=np.intp)
-        self.children2[0::2] = 2 * left
-        self.children2[1::2] = 2 * right
-        self.feature2 = np.repeat(np.where(leaf, 0, nodes["feature_idx"]).astype(np.intp), 2)
-        self.threshold2 = np.repeat(np.where(leaf, np.inf, nodes["num_threshold"]), 2)
+        self.left = np.where(leaf, own, nodes["left"].astype(np.intp) + owner)
+        self.right = np.where(leaf, own, nodes["right"].astype(np.intp) + owner)
+        self.feature = np.where(leaf, 0, nodes["feature_idx"]).astype(np.intp)
+        self.threshold = np.where(leaf, np.inf, nodes["num_threshold"])  # a leaf "goes left" to itself
         self.value = nodes["value"].astype(np.float64)
-        self.roots2 = 2 * offsets
+        self.roots = offsets
         self.depth = int(max(tree.nodes["depth"].max() for tree in trees))
         self.baseline = float(np.asarray(clf._baseline_prediction).ravel()[0])
         self.clf = clf
         self.threads = max(1, min(4, os.cpu_count() or 1))
 
     def one(self, x: list[float]) -> float:
-        row = np.array(x)
-        at, children2, feature2, threshold2 = self.roots2, self.children2, self.feature2, self.threshold2
+        # Same test as scikit-learn's tree walk: x <= threshold goes left.
+        step = np.where(np.array(x).take(self.feature) > self.threshold, self.right, self.left)
+        node = self.roots
         for _ in range(self.depth):
-            at = children2[at + (row[feature2[at]] > threshold2[at])]
-        return float(expit(self.baseline + self.value[at // 2].sum()))
+            node = step.take(node)
+        return float(expit(self.baseline + self.value.take(node).sum()))
 
     def many(self, X: np.ndarray) -> np.ndarray:
         # scikit-learn's own compiled tree walk (the batch pipeline's code), one thread

@@ -1,15 +1,16 @@
 """Serving benchmark: churn-assets serve against the seed-style Flask baseline, one session.
 
-    python bench/serve.py [--customers 1000] [--duration 10] [--json results.json]
+    python bench/serve.py [--customers 1000] [--duration 5] [--rounds 3] [--json results.json]
 
 Trains one model of each family (the asset graph's training functions, simulator data),
 registers them, then measures for each family:
 - in process: one record through the request checks + fast path (+ JSON encode), the
   fast path alone, and the baseline's ``predict_proba(DataFrame([record]))``;
 - a batch of 10,000 records in process and over HTTP;
-- over HTTP on loopback with ``wrk`` (Debian package ``wrk``): latency at concurrency
-  1 and 16 and throughput, for ``churn-assets serve --workers 2`` and for the Flask
-  baseline (``bench/flask_baseline.py``, threaded dev server as in the seed).
+- over HTTP on loopback with ``wrk`` (Debian package ``wrk``, one thread): latency at
+  concurrency 1 and 16 and throughput, for ``churn-assets serve --workers 2`` and for
+  the Flask baseline (``bench/flask_baseline.py``, threaded dev server as in the seed),
+  both running at once and measured in alternation (median of ``--rounds``).
 Needs the ``bench`` extra (flask) and ``wrk`` on PATH.
 """
 
@@ -44,8 +45,9 @@ FAMILIES = ("logistic_regression", "hist_gradient_boosting")
 WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
-def per_call_us(fn, repeat: int) -> float:
-    """Median over 5 runs of the mean time per call, in microseconds."""
+def per_call_us(fn, repeat: int) -> dict:
+    """Mean time per call in microseconds over 5 runs: the best run (timeit's convention:
+    the others were slowed by other processes) and the median run."""
     fn()
     runs = []
     for _ in range(5):
@@ -53,7 +55,11 @@ def per_call_us(fn, repeat: int) -> float:
         for _ in range(repeat):
             fn()
         runs.append((time.perf_counter() - start) / repeat * 1e6)
-    return statistics.median(runs)
+    return {"best": min(runs), "median": statistics.median(runs)}
+
+
+def scaled(timing: dict, factor: float) -> dict:
+    return {k: v * factor for k, v in timing.items()}
 
 
 def bench_records(n: int) -> list[dict]:
@@ -73,8 +79,9 @@ def in_process(model, predictor, record: dict, batch: list[dict]) -> dict:
         "single_request_us": per_call_us(lambda: orjson.dumps(score(model, model.schema.parse(body))), 2000),
         "fast_path_only_us": per_call_us(lambda: model.predict_one(numeric, texts), 2000),
         "baseline_dataframe_us": per_call_us(lambda: predictor.predict_proba(frame), 50),
-        "batch_10k_ms": per_call_us(lambda: orjson.dumps(score(model, model.schema.parse(batch_body))), 3) / 1000,
-        "batch_10k_baseline_ms": per_call_us(lambda: predictor.predict_proba(pd.DataFrame(batch)), 3) / 1000,
+        "batch_10k_ms": scaled(per_call_us(lambda: orjson.dumps(score(model, model.schema.parse(batch_body))), 3),
+                               1e-3),
+        "batch_10k_baseline_ms": scaled(per_call_us(lambda: predictor.predict_proba(pd.DataFrame(batch)), 3), 1e-3),
     }
 
 
@@ -110,10 +117,26 @@ def http_batch_ms(port: int, batch: list[dict]) -> float:
     return statistics.median(times[1:])
 
 
-def run_http(label: str, port: int, record: dict, seconds: int, workdir: Path) -> dict:
-    results = {"c1": wrk(port, record, 1, seconds, workdir), "c16": wrk(port, record, 16, seconds, workdir)}
-    print(f"  {label}: c1 p50 {results['c1']['p50_ms']:.2f} ms, c16 p99 {results['c16']['p99_ms']:.2f} ms,"
-          f" {results['c16']['requests_per_s']:.0f} req/s", flush=True)
+def run_http(targets: dict[str, int], record: dict, seconds: int, rounds: int, workdir: Path) -> dict:
+    """wrk at concurrency 1 and 16 against each target, alternating targets for ``rounds``
+    rounds so that both see the same background load; the median round is reported."""
+    runs = {name: {"c1": [], "c16": []} for name in targets}
+    for _ in range(rounds):
+        for name, port in targets.items():
+            for connections in (1, 16):
+                runs[name][f"c{connections}"].append(wrk(port, record, connections, seconds, workdir))
+    results = {}
+    for name, by_c in runs.items():
+        results[name] = {}
+        for c, measured in by_c.items():
+            metrics = {k: statistics.median(r[k] for r in measured)
+                       for k in ("requests_per_s", "p50_ms", "p90_ms", "p99_ms", "load_average_1m_before")}
+            metrics["non_2xx"] = sum(r["non_2xx"] for r in measured)
+            metrics["socket_errors"] = [r["socket_errors"] for r in measured if r["socket_errors"]]
+            metrics["rounds"] = measured
+            results[name][c] = metrics
+        print(f"  {name}: c1 p50 {results[name]['c1']['p50_ms']:.2f} ms, c16 p99 {results[name]['c16']['p99_ms']:.2f} ms,"
+              f" {results[name]['c16']['requests_per_s']:.0f} req/s", flush=True)
     return results
 
 
@@ -160,7 +183,8 @@ def machine() -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=1000, help="simulated customers to train on")
-    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="wrk runs per target and concurrency")
     parser.add_argument("--json", type=Path, help="write the results here too")
     ns = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -182,25 +206,54 @@ def main() -> int:
             entry = {"version": version.version, "in_process": in_process(model, predictor, record, batch)}
             print(f"{family}: {json.dumps(entry['in_process'])}", flush=True)
             server = ServerProcess(registry.root, workdir / f"serve-{family}.log", workers=2)
+            process = None
             try:
                 server.wait_healthy()
-                wait_for(lambda: server.process.poll() is None and _ready(server.port, version.version), 30)
-                entry["ours"] = run_http("churn-assets serve --workers 2", server.port, record, ns.duration, workdir)
+                wait_for(lambda: _ready(server.port, version.version), 30, what="the server to load the model")
+                process, port = flask_baseline(version.artifact_path, workdir)
+                entry.update(run_http({"ours": server.port, "baseline": port}, record, ns.duration, ns.rounds,
+                                      workdir))
                 entry["ours"]["batch_10k_http_ms"] = http_batch_ms(server.port, batch)
             finally:
                 server.stop()
-            process, port = flask_baseline(version.artifact_path, workdir)
-            try:
-                entry["baseline"] = run_http("Flask baseline", port, record, ns.duration, workdir)
-            finally:
-                stop(process)
+                if process is not None:
+                    stop(process)
             results["families"][family] = entry
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(results, indent=2))
+    print(markdown(results))
     if ns.json:
         ns.json.write_text(json.dumps(results, indent=2))
     return 0
+
+
+def markdown(results: dict) -> str:
+    """The BENCHMARKS.md table of one run."""
+    goals = {"single_request_us": 100, "batch_10k_ms": 100}
+    lines = ["| measurement | family | churn-assets serve | Flask baseline | ratio | goal |",
+             "| --- | --- | --- | --- | --- | --- |"]
+
+    def row(what, family, ours, base, unit, goal, lower_is_better=True):
+        ratio = f"{(base / ours if lower_is_better else ours / base):,.0f}x" if ours and base else "-"
+        met = "" if goal is None else ("met" if (ours < goal if lower_is_better else ours >= goal) else "**missed**")
+        lines.append(f"| {what} | {family} | {ours:,.{2 if ours < 10 else 1}f} {unit} | "
+                     + (f"{base:,.{2 if base < 10 else 1}f} {unit}" if base is not None else "-")
+                     + f" | {ratio} | {'' if goal is None else f'{goal} {unit}: {met}'} |")
+    for family, e in results["families"].items():
+        p = e["in_process"]
+        row("in-process single record (checks + predict + JSON), best of 5", family,
+            p["single_request_us"]["best"], p["baseline_dataframe_us"]["best"], "us", 100)
+        row("in-process fast path alone", family, p["fast_path_only_us"]["best"], None, "us", None)
+        row("in-process batch of 10,000 (parse + checks + predict + JSON), best of 5", family,
+            p["batch_10k_ms"]["best"], p["batch_10k_baseline_ms"]["best"], "ms", 100)
+        row("HTTP batch of 10,000, median of 5", family, e["ours"]["batch_10k_http_ms"], None, "ms", None)
+        for c, metric, goal, lower in (("c1", "p50_ms", 2, True), ("c16", "p99_ms", 15, True),
+                                       ("c16", "requests_per_s", 2000, False), ("c1", "requests_per_s", None, False)):
+            unit = "ms" if metric.endswith("ms") else "req/s"
+            name = {"p50_ms": "p50", "p99_ms": "p99", "requests_per_s": "throughput"}[metric]
+            row(f"HTTP {name}, concurrency {c[1:]}", family, e["ours"][c][metric], e["baseline"][c][metric],
+                unit, goal, lower)
+    return "\n".join(lines)
 
 
 def _ready(port: int, version: str) -> bool:

@@ -122,6 +122,8 @@ RAW_BAD_BODIES = {
     "-Infinity": b'{"age": -Infinity}',
     "overflowing number": b'{"age": 1e999}',
     "not JSON": b'{"age": ',
+    "not UTF-8": b'{"plan": "\xff\xfe"}',
+    "nested too deep": b"[" * 5000 + b"]" * 5000,
     "empty body": b"",
 }
 

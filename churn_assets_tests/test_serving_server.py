@@ -120,7 +120,7 @@ def test_the_token_never_reaches_the_log(server):
     assert http_json(server.port, "POST", "/predict", RECORD,
                      headers={"Authorization": f"Bearer {TOKEN}x"})[0] == 401
     assert http_json(server.port, "GET", "/ready")[1]["model_version"] == "v0001"
-    server.stop()
+    assert server.stop(), "SIGTERM alone should stop the server, even when started with it ignored"
     log = server.log_path.read_text()
     assert "now serving v0001" in log  # the log is really captured
     assert TOKEN not in log

@@ -96,6 +96,7 @@ class RecordSchema:
         # The id is echoed back; the snapshot date is accepted so stored rows can be sent as is.
         self.id_column = spec.id_column
         self.allowed = frozenset([*spec.feature_columns, spec.id_column, spec.timestamp_column])
+        self._all_null = dict.fromkeys(spec.feature_columns)
         self._numeric_getter = _getter(self.numeric)
         self._category_getter = _getter(self.categorical)
         self._required_numeric = [i for i, c in enumerate(self.numeric) if c in self.required]
@@ -160,8 +161,9 @@ class RecordSchema:
             numeric = list(map(self._numeric_getter, rows))
             texts = list(map(self._category_getter, rows))
         except KeyError:  # some record leaves a field out: absent reads as null
-            numeric = list(zip(*[[row.get(name) for row in rows] for name in self.numeric])) or [()] * len(rows)
-            texts = list(zip(*[[row.get(name) for row in rows] for name in self.categorical])) or [()] * len(rows)
+            rows = [self._all_null | row for row in rows]
+            numeric = list(map(self._numeric_getter, rows))
+            texts = list(map(self._category_getter, rows))
         if not set(map(type, chain.from_iterable(numeric))) <= _NUMBERS_OR_NONE:
             return None
         matrix = np.array(numeric, dtype=np.float64).reshape(len(rows), len(self.numeric))  # None -> NaN

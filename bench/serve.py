@@ -125,6 +125,9 @@ def run_http(targets: dict[str, int], record: dict, seconds: int, rounds: int, w
         for name, port in targets.items():
             for connections in (1, 16):
                 runs[name][f"c{connections}"].append(wrk(port, record, connections, seconds, workdir))
+                # wrk stops with requests still queued; the slow baseline works on them for
+                # up to a second, which would land on the next target's measurement.
+                time.sleep(3)
     results = {}
     for name, by_c in runs.items():
         results[name] = {}

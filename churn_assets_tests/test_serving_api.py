@@ -45,6 +45,7 @@ def test_ready_is_503_before_the_first_deployment_then_follows_it(registry):
             assert response.status_code == 503
             assert "no production model deployed yet" in response.json()["reason"]
         assert c.post("/predict", json=GOOD).status_code == 503
+        assert c.get("/openapi.json").json()["info"]["version"] == "no model"
         registry.promote("v0002", "first deploy")
         wait_for(lambda: c.get("/ready").status_code == 200, what="ready after the first deploy")
         assert c.get("/ready").json()["model_version"] == "v0002"
@@ -135,6 +136,11 @@ def test_non_finite_numbers_and_broken_json_are_422(client, case):
     assert response.json()["detail"][0]["message"].startswith("body is not valid JSON")
 
 
+def test_predict_needs_post(client):
+    response = client.get("/predict")
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+
+
 def test_bodies_over_the_byte_limit_are_413_with_or_without_content_length(client):
     big = b'{"customers": [' + b" " * 30_000 + b"]}"
     assert client.post("/predict", content=big).status_code == 413
@@ -210,3 +216,11 @@ def test_a_bad_artifact_is_refused_and_the_old_model_keeps_serving(deployed, dam
         wait_for(lambda: c.get("/ready").json()["model_version"] == "v0002", what="the repaired v0002")
         assert c.get("/ready").json()["degraded"] is False
         assert c.post("/predict", json=GOOD).json()["model_version"] == "v0002"
+
+
+def test_config_from_environment(tmp_path):
+    config = ServeConfig.from_env({"CHURN_ASSETS_HOME": str(tmp_path), "CHURN_ASSETS_API_TOKEN": "t0k",
+                                   "CHURN_ASSETS_SERVE_MAX_BATCH": "7"})
+    assert config.registry_root == str(tmp_path / "registry")
+    assert config.api_token == "t0k" and config.max_batch == 7
+    assert ServeConfig.from_env({"CHURN_ASSETS_HOME": str(tmp_path), "CHURN_ASSETS_API_TOKEN": ""}).api_token is None

@@ -86,8 +86,12 @@ class PredictFrontDoor:
         self.token = api_token.encode() if api_token else None
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/predict" or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["path"] != "/predict":
             await self.app(scope, receive, send)
+            return
+        if scope["method"] != "POST":
+            detail = [problem(None, None, f"{scope['method']} /predict: use POST")]
+            await respond(send, 405, orjson.dumps({"detail": detail}), [(b"allow", b"POST")])
             return
         headers = dict(scope["headers"])
         if not token_ok(headers, self.token):

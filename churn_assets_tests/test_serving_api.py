@@ -224,3 +224,14 @@ def test_config_from_environment(tmp_path):
     assert config.registry_root == str(tmp_path / "registry")
     assert config.api_token == "t0k" and config.max_batch == 7
     assert ServeConfig.from_env({"CHURN_ASSETS_HOME": str(tmp_path), "CHURN_ASSETS_API_TOKEN": ""}).api_token is None
+
+
+def test_a_tampered_first_deployment_leaves_the_server_not_ready(registry):
+    target = registry.get("v0001")
+    registry.promote("v0001", "first deploy")
+    target.artifact_path.write_bytes(target.artifact_path.read_bytes() + b"appended")
+    with make_client(registry) as c:
+        response = c.get("/ready")
+        assert response.status_code == 503
+        assert "v0001" in response.json()["reason"] and "no model is being served" in response.json()["reason"]
+        assert c.post("/predict", json=GOOD).status_code == 503

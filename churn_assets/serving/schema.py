@@ -80,8 +80,7 @@ class PredictRequest:
 class RecordSchema:
     """Validates records for one loaded model; immutable once built."""
 
-    def __init__(self, spec: FeatureSpec, compiled: CompiledChurnModel | None, max_batch: int,
-                 categories: dict[str, list[str]] | None = None):
+    def __init__(self, spec: FeatureSpec, compiled: CompiledChurnModel | None, max_batch: int):
         self.spec = spec
         self.max_batch = max_batch
         self.numeric = tuple(spec.numeric_features)
@@ -91,7 +90,7 @@ class RecordSchema:
             self.categories = compiled.categories
         else:  # no fast path: nothing is known about training gaps, so nothing is required
             optional = frozenset(spec.feature_columns)
-            self.categories = categories or {}
+            self.categories = {}
         self.required = frozenset(c for c in spec.feature_columns if c not in optional)
         # The id is echoed back; the snapshot date is accepted so stored rows can be sent as is.
         self.id_column = spec.id_column

@@ -32,8 +32,9 @@ from pathlib import Path
 import orjson
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "churn_assets_tests"))
-from serving_support import SPEC, ServerProcess, as_json_records, free_port, wait_for  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for its test helpers
+from churn_assets_tests.serving_support import (SPEC, ServerProcess, as_json_records,  # noqa: E402
+                                                free_port, wait_for)
 
 from churn_assets.registry import ModelRegistry  # noqa: E402
 from churn_assets.serving.predict_endpoint import score  # noqa: E402
@@ -260,7 +261,7 @@ def markdown(results: dict) -> str:
 
 
 def _ready(port: int, version: str) -> bool:
-    from serving_support import http_json
+    from churn_assets_tests.serving_support import http_json
     try:
         status, body = http_json(port, "GET", "/ready", timeout=2)
     except OSError:

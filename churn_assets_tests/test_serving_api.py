@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from serving_support import (SPEC, as_json_records, messy_records, registry,  # noqa: F401
-                             registry_template, trained, wait_for)
 
 from churn_assets.history import atomic_write_json
 from churn_assets.serving.app import ServeConfig, create_app
+from churn_assets_tests.serving_support import (  # noqa: F401  (fixtures)
+    SPEC, as_json_records, messy_records, registry, registry_template, trained, wait_for)
 
 GOOD = {"customer_id": "C000001", "age": 41, "tenure_days": 320.0, "seats": 1, "monthly_spend": 29.0,
         "sessions_last_30d": 4, "orders_last_30d": 0, "avg_order_value": None,

@@ -8,15 +8,14 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
-
-from serving_support import (SPEC, as_json_records, messy_records, register, registry,  # noqa: F401
-                             registry_template, trained)
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.pipeline import Pipeline
 
 from churn_assets.serving.fast_path import CompiledChurnModel, EncodedRecords, Uncompilable
 from churn_assets.serving.model_store import load_serving_model
 from churn_assets.serving.schema import RecordSchema
+from churn_assets_tests.serving_support import (  # noqa: F401  (fixtures)
+    SPEC, as_json_records, messy_records, register, registry, registry_template, trained)
 
 TOLERANCE = 1e-9
 

@@ -10,8 +10,9 @@ import time
 
 import pandas as pd
 import pytest
-from serving_support import (SPEC, ServerProcess, http_json, registry, registry_template,  # noqa: F401
-                             trained, wait_for)
+
+from churn_assets_tests.serving_support import (  # noqa: F401  (fixtures)
+    SPEC, ServerProcess, http_json, registry, registry_template, trained, wait_for)
 
 TOKEN = "load-test-token-0123456789"
 RECORD = {"customer_id": "C9", "age": 52, "tenure_days": 40.0, "seats": 1, "monthly_spend": 29.0,

@@ -16,9 +16,15 @@ setup(
         "pandera>=0.35,<0.36",
         "requests>=2.32",
         "joblib>=1.4",
+        # SQL source: SQLAlchemy 2.1 with the psycopg2 driver for postgresql+psycopg2:// URLs.
         "sqlalchemy>=2.1,<2.2",
         "psycopg2-binary>=2.9",
+        # Serving (churn-assets serve): ASGI app, uvicorn with uvloop + httptools, orjson.
+        "fastapi>=0.115,<1",
+        "uvicorn[standard]>=0.30,<1",
+        "orjson>=3.10,<4",
     ],
-    extras_require={"dev": ["pytest>=8"]},
+    extras_require={"dev": ["pytest>=8", "httpx>=0.27"],
+                    "bench": ["flask>=3,<4"]},
     entry_points={"console_scripts": ["churn-assets=churn_assets.cli:main"]},
 )

@@ -110,6 +110,13 @@ def cmd_demo_api(ns: argparse.Namespace) -> int:
     return serve(ns)
 
 
+def cmd_serve(ns: argparse.Namespace) -> int:
+    from churn_assets.serving.server import serve
+
+    return serve(ns.host, ns.port, workers=ns.workers, registry=ns.registry, max_batch=ns.max_batch,
+                 max_body_bytes=ns.max_body_bytes, poll_seconds=ns.poll_seconds, access_log=ns.access_log)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from churn_assets.demo_api import add_arguments as demo_api_arguments
 
@@ -127,6 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rollback", help="move production back to an earlier version")
     p.add_argument("--to", help="version, e.g. v0003 (default: the newest older than production)")
     p.set_defaults(func=cmd_rollback)
+    p = sub.add_parser("serve", help="serve churn predictions from the production model over HTTP")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="worker processes (each follows deployments)")
+    p.add_argument("--registry", help="registry folder (default: $CHURN_ASSETS_HOME/registry)")
+    p.add_argument("--max-batch", type=int, help="most records per request (default 10000)")
+    p.add_argument("--max-body-bytes", type=int, help="largest request body (default 16 MiB)")
+    p.add_argument("--poll-seconds", type=float, help="how often to check the production pointer (0.5)")
+    p.add_argument("--access-log", action="store_true", help="log every request (off: it costs throughput)")
+    p.set_defaults(func=cmd_serve)
     p = sub.add_parser("info", help="print where state lives and the active configuration")
     p.set_defaults(func=cmd_info)
     p = sub.add_parser("demo-api", help="serve the simulator over the customer API (docs/ingestion.md)")

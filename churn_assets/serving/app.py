@@ -1,0 +1,148 @@
+"""The prediction API: an ASGI app (FastAPI) over a ModelStore.
+
+Endpoints: ``POST /predict``, ``GET /health``, ``GET /ready``, ``GET /model`` and the
+OpenAPI document (``/openapi.json``, ``/docs``), whose /predict request schema is
+generated from the feature spec of the model being served and follows it on reload.
+
+/predict is served by ``predict_endpoint.PredictFrontDoor`` in front of FastAPI, with
+the record checks of ``schema.py`` instead of a pydantic body model: both are far
+cheaper than the framework's path, and the checks name every bad row and field
+(422/413) in one response. FastAPI serves the rest and documents /predict.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import orjson
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
+
+from churn_assets.serving.model_store import ModelStore
+from churn_assets.serving.predict_endpoint import PredictFrontDoor
+from churn_assets.serving.schema import BATCH_KEY
+
+TOKEN_ENV = "CHURN_ASSETS_API_TOKEN"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How one server process behaves; ``from_env`` is what each uvicorn worker reads."""
+
+    registry_root: str
+    max_batch: int = 10_000
+    max_body_bytes: int = 16 * 1024 * 1024
+    poll_seconds: float = 0.5
+    api_token: str | None = None  # None or empty: /predict is open
+
+    @classmethod
+    def from_env(cls, environ: dict | None = None) -> ServeConfig:
+        env = os.environ if environ is None else environ
+        root = env.get("CHURN_ASSETS_SERVE_REGISTRY")
+        if not root:
+            from churn_assets.settings import load_settings
+            root = str(load_settings(env).home / "registry")
+        return cls(registry_root=root,
+                   max_batch=int(env.get("CHURN_ASSETS_SERVE_MAX_BATCH", cls.max_batch)),
+                   max_body_bytes=int(env.get("CHURN_ASSETS_SERVE_MAX_BODY_BYTES", cls.max_body_bytes)),
+                   poll_seconds=float(env.get("CHURN_ASSETS_SERVE_POLL_SECONDS", cls.poll_seconds)),
+                   api_token=env.get(TOKEN_ENV) or None)
+
+
+def json_response(content: object, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
+                    media_type="application/json", headers=headers)
+
+
+def not_ready(store: ModelStore) -> Response:
+    return json_response({"ready": False, "reason": store.problem or "no production model loaded"}, 503)
+
+
+def create_app(config: ServeConfig, store: ModelStore | None = None) -> PredictFrontDoor:
+    """The ASGI app: /predict in front (``predict_endpoint``), FastAPI for the rest."""
+    store = store or ModelStore(config.registry_root, config.max_batch, config.poll_seconds)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        store.start()
+        try:
+            yield
+        finally:
+            store.stop()
+
+    app = FastAPI(title="churn-assets prediction API", lifespan=lifespan,
+                  description="Churn probability of customers from the production model in the registry.")
+    app.state.store = store
+
+    @app.get("/health", summary="The process is alive")
+    async def health():
+        return json_response({"status": "alive"})
+
+    @app.get("/ready", summary="A production model is loaded (503 before the first deploy)")
+    async def ready():
+        model = store.current
+        if model is None:
+            return not_ready(store)
+        return json_response({"ready": True, "model_version": model.version,
+                              "degraded": store.problem is not None, "problem": store.problem,
+                              "fast_path": model.compiled is not None})
+
+    @app.get("/model", summary="The production model: version, metrics, feature spec, data window")
+    async def model_info():
+        model = store.current
+        if model is None:
+            return not_ready(store)
+        m = model.manifest
+        return json_response({
+            "version": model.version, "family": model.predictor.family, "threshold": model.threshold,
+            "sha256": model.sha256, "trained_at": model.predictor.trained_at or m.get("trained_at"),
+            "metrics": m.get("metrics", {}), "validation_metrics": model.predictor.validation_metrics,
+            "data_window": model.predictor.data_window or m.get("data_window"),
+            "feature_spec": model.predictor.spec.to_dict(), "code_version": model.predictor.code_version,
+            "promoted_at": model.pointer.get("promoted_at"), "registered_at": m.get("registered_at"),
+            "required_fields": sorted(model.schema.required), "fast_path": model.compiled is not None,
+            "max_batch": config.max_batch})
+
+    app.openapi = lambda: openapi_document(app, store, config)
+    return PredictFrontDoor(app, store, config.max_body_bytes, config.api_token)
+
+
+def openapi_document(app: FastAPI, store: ModelStore, config: ServeConfig) -> dict:
+    """OpenAPI with the /predict body schema of the model served now (rebuilt per version)."""
+    model = store.current
+    version = model.version if model else None
+    cached = getattr(app.state, "openapi_cache", None)
+    if cached and cached[0] == version:
+        return cached[1]
+    document = get_openapi(title=app.title, version=version or "no model", routes=app.routes,
+                           description=app.description)
+    record = model.schema.json_schema() if model else {"type": "object"}
+    batch = {"type": "object", "additionalProperties": False, "required": [BATCH_KEY],
+             "properties": {BATCH_KEY: {"type": "array", "items": {"$ref": "#/components/schemas/CustomerRecord"},
+                                        "minItems": 1, "maxItems": config.max_batch}}}
+    document.setdefault("components", {}).setdefault("schemas", {}).update(
+        {"CustomerRecord": record, "CustomerBatch": batch})
+    operation = {"summary": "Churn probability of one customer or a batch", "operationId": "predict",
+                 "responses": {"200": {"description": "per customer: churn_probability, churn_label"
+                                                      " (at the model's threshold), model_version"}}}
+    document.setdefault("paths", {})["/predict"] = {"post": operation}
+    operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": {
+        "oneOf": [{"$ref": "#/components/schemas/CustomerRecord"},
+                  {"$ref": "#/components/schemas/CustomerBatch"}]}}}}
+    operation["security"] = [{"bearer": []}] if config.api_token else []
+    if config.api_token:
+        document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    for status, text in (("401", "missing or wrong bearer token"), ("413", "body or batch over the limit"),
+                         ("422", "each bad row and field: {row, field, message}"),
+                         ("503", "no production model loaded")):
+        operation["responses"][status] = {"description": text}
+    app.state.openapi_cache = (version, document)
+    return document
+
+
+def app_from_env() -> PredictFrontDoor:
+    """Factory for ``uvicorn --factory`` (each worker process builds its own app and store)."""
+    return create_app(ServeConfig.from_env())

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import hashlib
+import io
 import json
 import os
 import re
@@ -111,15 +112,22 @@ class ModelRegistry:
         return None if pointer is None else self.get(pointer["version"])
 
     def load(self, version: ModelVersion):
-        """Unpickle a version's model after checking its sha256 (unpickling runs code)."""
-        if not version.artifact_path.exists():
-            raise IntegrityError(f"{version.version}: {version.artifact_path} is missing")
-        actual = file_sha256(version.artifact_path)
+        """Unpickle a version's model after checking its sha256 (unpickling runs code).
+
+        The bytes that are hashed are the bytes that are unpickled, so the file cannot be
+        swapped between the check and the load.
+        """
+        try:
+            payload = version.artifact_path.read_bytes()
+        except FileNotFoundError:
+            raise IntegrityError(f"{version.version}: {version.artifact_path} is missing") from None
+        actual = hashlib.sha256(payload).hexdigest()
         if actual != version.sha256:
             raise IntegrityError(
-                f"{version.version}: model.joblib sha256 {actual[:12]}… does not match the"
-                f" registered {version.sha256[:12]}…; refusing to load it")
-        return joblib.load(version.artifact_path)
+                f"{version.version}: model.joblib ({len(payload)} bytes) has sha256 {actual[:12]}…,"
+                f" which does not match the registered {version.sha256[:12]}… (truncated or"
+                " altered); refusing to load it")
+        return joblib.load(io.BytesIO(payload))
 
     def register(self, predictor, manifest: dict) -> ModelVersion:
         """Store ``predictor`` as the next version (not yet in production)."""

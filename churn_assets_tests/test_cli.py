@@ -36,3 +36,13 @@ def test_info_never_prints_a_database_password(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "s3cr3t-pw" not in done.stdout + done.stderr
     assert "postgresql+psycopg2://churn:***@db:5432/crm" in done.stdout
+
+
+def test_prediction_server_modules_do_not_import_dagster():
+    # Every serving worker used to import the Dagster definitions through the package
+    # __init__: seconds of start-up and a quarter-million objects for the GC to walk.
+    probe = ("import sys, churn_assets.serving.app, churn_assets.serving.server; "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'dagster')[:3])")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

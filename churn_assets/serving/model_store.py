@@ -19,8 +19,6 @@ retried when the pointer or the artifact file changes.
 from __future__ import annotations
 
 import gc
-import hashlib
-import io
 import json
 import logging
 import os
@@ -29,7 +27,6 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pandas as pd
 
@@ -80,16 +77,7 @@ def load_serving_model(registry: ModelRegistry, pointer: dict, max_batch: int) -
     if pointer.get("sha256") not in (None, expected):
         raise RegistryError(f"{version.version}: the production pointer's sha256 differs from the"
                             " manifest's; refusing to load it")
-    try:
-        payload = version.artifact_path.read_bytes()
-    except FileNotFoundError:
-        raise RegistryError(f"{version.version}: {version.artifact_path} is missing") from None
-    actual = hashlib.sha256(payload).hexdigest()
-    if actual != expected:
-        raise RegistryError(f"{version.version}: model.joblib ({len(payload)} bytes) has sha256"
-                            f" {actual[:12]}…, the manifest records {str(expected)[:12]}…;"
-                            " truncated or altered, refusing to load it")
-    predictor = joblib.load(io.BytesIO(payload))
+    predictor = registry.load(version)
     if not isinstance(predictor, ChurnPredictor):
         raise RegistryError(f"{version.version}: artifact holds a {type(predictor).__name__},"
                             " not a ChurnPredictor")
@@ -100,7 +88,7 @@ def load_serving_model(registry: ModelRegistry, pointer: dict, max_batch: int) -
                     version.version, exc)
         compiled = None
     schema = RecordSchema(predictor.spec, compiled, max_batch)
-    return ServingModel(version.version, actual, version.manifest, pointer, predictor, compiled, schema)
+    return ServingModel(version.version, expected, version.manifest, pointer, predictor, compiled, schema)
 
 
 def _stat_key(path: Path) -> tuple | None:

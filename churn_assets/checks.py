@@ -1,6 +1,5 @@
 """The deployment gate as a blocking asset check on ``evaluation_report``."""
 
-
 import dagster as dg
 
 from churn_assets.evaluation import evaluation_report

@@ -1,6 +1,5 @@
 """Data assets: collect new customer records, validate them, keep the history."""
 
-
 from dataclasses import dataclass
 
 import dagster as dg

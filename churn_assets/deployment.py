@@ -1,6 +1,5 @@
 """Deployment: promote the challenger in the registry, only on a passing gate verdict."""
 
-
 import dagster as dg
 
 from churn_assets.artifact import ChurnPredictor

@@ -1,6 +1,5 @@
 """Evaluation: challenger and champion scored on the same holdout rows, in the same run."""
 
-
 import math
 
 import dagster as dg

@@ -1,6 +1,5 @@
 """Model assets: the fitted preprocessing and the retrained challenger."""
 
-
 import datetime as dt
 
 import dagster as dg

@@ -69,7 +69,7 @@ def main() -> None:
     dag = statistics.median(w for w, _ in results["dagster"])
     print()
     print(f"machine: {platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}")
-    print(f"| variant | median wall (s) | peak RSS (GiB) |\n|---|---|---|")
+    print("| variant | median wall (s) | peak RSS (GiB) |\n|---|---|---|")
     for name, runs in results.items():
         print(f"| {name} | {statistics.median(w for w, _ in runs):.1f} | {max(p for _, p in runs):.2f} |")
     print(f"ratio dagster / bare: {dag / bare:.2f}x over {args.repeats} alternating runs each")

@@ -233,7 +233,6 @@ def main() -> int:
 
 def markdown(results: dict) -> str:
     """The BENCHMARKS.md table of one run."""
-    goals = {"single_request_us": 100, "batch_10k_ms": 100}
     lines = ["| measurement | family | churn-assets serve | Flask baseline | ratio | goal |",
              "| --- | --- | --- | --- | --- | --- |"]
 

@@ -35,7 +35,7 @@ def simulator(as_of: str, n_customers: int = 1000) -> SimulatorSource:
 
 
 def run_graph(home: Path, source, *, rules=None, assets=None, selection=None, spec="simulator",
-              window=None, instance=None) -> dg.ExecuteInProcessResult:
+              window=None, instance=None, run_config=None) -> dg.ExecuteInProcessResult:
     settings = Settings(home=Path(home), spec=spec, window=window or {})
     if rules is not None:
         settings.gate_rules = tuple(rules)
@@ -44,6 +44,7 @@ def run_graph(home: Path, source, *, rules=None, assets=None, selection=None, sp
         resources=build_resources(settings, source=source),
         selection=selection,
         instance=instance,
+        run_config=run_config,
         raise_on_error=False,
     )
 
@@ -67,20 +68,27 @@ def with_shuffled_labels() -> list:
     return [shuffled_label_churn_model if a.key == dg.AssetKey("churn_model") else a for a in ASSETS] + CHECKS
 
 
-def registry_snapshot(home: Path) -> dict:
-    """Every file under the registry with its bytes: equal snapshots mean nothing changed."""
-    root = Path(home) / "registry"
+def _files_under(home: Path, folder: str) -> dict:
+    """Every file below ``home/folder`` with its bytes; equal snapshots mean nothing changed."""
+    root = Path(home) / folder
     if not root.exists():
         return {}
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file() and p.name != ".lock"}
 
 
+def registry_snapshot(home: Path) -> dict:
+    return _files_under(home, "registry")
+
+
 def history_snapshot(home: Path) -> dict:
-    root = Path(home) / "history"
-    if not root.exists():
-        return {}
-    return {p.name: p.read_bytes() for p in sorted(root.iterdir()) if p.is_file()}
+    """The customer history and its watermark (state.json)."""
+    return _files_under(home, "history")
+
+
+def guarded_state(home: Path) -> dict:
+    """Everything a failed refresh must leave alone: history, watermark, registry, pointer."""
+    return {"history": history_snapshot(home), "registry": registry_snapshot(home)}
 
 
 def production_version(home: Path) -> str | None:

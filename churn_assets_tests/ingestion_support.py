@@ -3,7 +3,6 @@ a fingerprint of everything a failed run must leave alone, and reliable process 
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import shutil
 import subprocess
@@ -12,12 +11,11 @@ from pathlib import Path
 import dagster as dg
 
 from churn_assets.alerts import failure_reason
-from churn_assets.definitions import ASSETS, CHECKS, build_resources
 from churn_assets.demo_api import CustomerApi, DemoApiServer, start_in_thread
-from churn_assets.settings import Settings
 from churn_assets.simulator import SimulatorSettings
 from churn_assets.sources import CustomerSource
 from churn_assets.sources_http import HttpSource
+from churn_assets_tests.conftest import guarded_state, run_graph  # noqa: F401 (re-exported)
 
 TOKEN_ENV = "CHURN_ASSETS_API_TOKEN"
 TOKEN = "tok-" + secrets.token_hex(12)  # fresh per session: a leak cannot hide behind a fixed string
@@ -49,27 +47,14 @@ def ready(source: CustomerSource) -> CustomerSource:
 
 def run_refresh(home: Path, source: CustomerSource,
                 instance: dg.DagsterInstance | None = None) -> dg.ExecuteInProcessResult:
-    return dg.materialize(
-        ASSETS + CHECKS, resources=build_resources(Settings(home=home), source=source),
-        instance=instance or dg.DagsterInstance.ephemeral(), raise_on_error=False,
-        run_config=FAST_TRAINING)
+    return run_graph(home, source, instance=instance or dg.DagsterInstance.ephemeral(),
+                     run_config=FAST_TRAINING)
 
 
 def step_failures(result: dg.ExecuteInProcessResult) -> dict[str, str]:
     """Failing step -> error message, with its causes (the last attempt's)."""
     return {e.step_key: failure_reason(e.event_specific_data.error)
             for e in result.all_events if e.event_type_value == "STEP_FAILURE"}
-
-
-def guarded_state(home: Path) -> dict[str, str]:
-    """Hash of every file that a failed refresh must not change: the customer history,
-    its watermark (state.json), the registry's versions and production pointer."""
-    files = {}
-    for folder in ("history", "registry"):
-        for path in sorted((home / folder).rglob("*")):
-            if path.is_file() and path.name != ".lock":
-                files[str(path.relative_to(home))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return files
 
 
 def copy_home(source: Path, target: Path) -> Path:

@@ -68,6 +68,11 @@ def parse_updated_at(frame: pd.DataFrame, column: str, where: str) -> pd.DataFra
     return frame
 
 
+def next_watermark(records: pd.DataFrame, column: str, previous: str | None) -> str | None:
+    """The newest ``column`` value of a fetched batch (ISO 8601), or ``previous`` if empty."""
+    return records[column].max().isoformat() if len(records) else previous
+
+
 class CustomerSource(dg.ConfigurableResource):
     """Base class of customer-record sources."""
 

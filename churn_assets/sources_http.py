@@ -26,7 +26,7 @@ from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from churn_assets.sources import (CustomerSource, NewRecords, SourceBatch, SourceError,
-                                  TransientSourceError, parse_updated_at)
+                                  TransientSourceError, next_watermark, parse_updated_at)
 from churn_assets.spec import FeatureSpec
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
@@ -191,9 +191,7 @@ class HttpSource(CustomerSource):
             raise TransientSourceError(
                 f"customer API: received {len(records)} records in {pages} pages but the"
                 f" first page announced {total}; a page was lost or truncated")
-        column = spec.updated_at_column or "updated_at"
-        newest = records[column].max() if len(records) else None
-        new_mark = newest.isoformat() if newest is not None else watermark
+        new_mark = next_watermark(records, spec.updated_at_column or "updated_at", watermark)
         stamp = pd.Timestamp(as_of) if as_of else pd.Timestamp.now(tz="UTC").tz_localize(None)
         return SourceBatch(records, new_mark, stamp,
                            f"http: {self.base_url}, {len(records)} records in {pages} pages")

@@ -22,7 +22,7 @@ from pydantic import Field
 from sqlalchemy import exc as sa_exc
 
 from churn_assets.sources import (CustomerSource, NewRecords, SourceBatch, SourceError,
-                                  TransientSourceError, parse_updated_at)
+                                  TransientSourceError, next_watermark, parse_updated_at)
 from churn_assets.spec import FeatureSpec
 
 
@@ -118,8 +118,7 @@ class SqlSource(CustomerSource):
         column = self._column_name(spec)
         chunks = [chunk for chunk in self.iter_chunks(spec, watermark) if len(chunk)]
         records = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame()
-        newest = records[column].max() if len(records) else None
-        new_mark = newest.isoformat() if newest is not None else watermark
+        new_mark = next_watermark(records, column, watermark)
         as_of = pd.Timestamp(self.as_of) if self.as_of else pd.Timestamp.now(tz="UTC").tz_localize(None)
         return SourceBatch(records, new_mark, as_of,
                            f"{self.describe()}: {len(records)} records in {len(chunks)} chunks")

@@ -2,19 +2,24 @@ from setuptools import find_packages, setup
 
 setup(
     name="churn_assets",
-    version="0.1.0",
+    version="0.2.0",
     description="Keeps a customer-churn model up to date with Dagster software-defined assets.",
     python_requires=">=3.11",
-    packages=find_packages(exclude=["churn_assets_tests", "bench"]),
-    package_data={"churn_assets": ["specs/*.json"]},
+    packages=find_packages(exclude=["churn_assets_tests", "churn_assets_tests.*", "bench"]),
+    package_data={"churn_assets.core": ["specs/*.json"]},
     install_requires=[
-        "dagster==1.13.*",
-        "dagster-webserver==1.13.*",
+        # One consistent Dagster release: every dagster-* integration pins dagster==1.13.27
+        # exactly (their 0.29.27), and dagster-webserver stops at 1.13.28, so the set is
+        # pinned together; a bare `pip install dagster-postgres` would resolve a 2021 release.
+        "dagster==1.13.27",
+        "dagster-webserver==1.13.27",
         "pandas>=3,<4",
         "pyarrow>=18",
         "scikit-learn>=1.9,<1.10",
         "pandera>=0.35,<0.36",
         "requests>=2.32",
+        # Retry(retry_after_max=...) in the HTTP source needs urllib3 2.6.3.
+        "urllib3>=2.6.3",
         "joblib>=1.4",
         # SQL source: SQLAlchemy 2.1 with the psycopg2 driver for postgresql+psycopg2:// URLs.
         "sqlalchemy>=2.1,<2.2",
@@ -23,6 +28,10 @@ setup(
         "fastapi>=0.115,<1",
         "uvicorn[standard]>=0.30,<1",
         "orjson>=3.10,<4",
+        # Swagger UI's files for /docs, served by the server itself: the page works offline.
+        "swagger-ui-bundle>=1.1,<2",
+        # Model-health plots (PNG) in the UI, the registry and the model card.
+        "matplotlib>=3.9,<4",
     ],
     extras_require={"dev": ["pytest>=8", "httpx>=0.27"],
                     "bench": ["flask>=3,<4"]},

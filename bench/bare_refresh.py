@@ -9,16 +9,17 @@ import argparse
 import datetime as dt
 from pathlib import Path
 
-from churn_assets.features import build_preprocessor
-from churn_assets.gate import DEFAULT_RULES, evaluate_gate
-from churn_assets.history import CustomerHistory
-from churn_assets.metrics import churn_metrics
-from churn_assets.registry import ModelRegistry
-from churn_assets.sources import FileSource
-from churn_assets.spec import load_spec
-from churn_assets.training import LABEL, MODEL_FAMILIES, WindowPlan, split_by_time, train_challenger
-from churn_assets.validation import validate_records
-from churn_assets.version import code_version
+from churn_assets.core.features import build_preprocessor
+from churn_assets.core.gate import DEFAULT_RULES, evaluate_gate
+from churn_assets.storage.history import CustomerHistory
+from churn_assets.core.metrics import churn_metrics
+from churn_assets.storage.registry import ModelRegistry
+from churn_assets.sources.file import FileSource
+from churn_assets.core.spec import load_spec
+from churn_assets.core.spec import LABEL
+from churn_assets.core.training import MODEL_FAMILIES, WindowPlan, split_by_time, train_challenger
+from churn_assets.core.validation import validate_records
+from churn_assets.core.code_version import code_version
 
 
 def main() -> None:

@@ -47,9 +47,9 @@ def proc_status_mb(field: str) -> float:
 
 def measure(kind: str, target: str, mode: str, page_size: int, out_dir: str) -> dict:
     """Runs in a child process: consume one source once, report speed and memory."""
-    from churn_assets.spec import load_spec
-    from churn_assets.sources_http import HttpSource
-    from churn_assets.sources_sql import SqlSource
+    from churn_assets.core.spec import load_spec
+    from churn_assets.sources.http import HttpSource
+    from churn_assets.sources.sql import SqlSource
 
     spec = load_spec("simulator")
     if kind == "http":
@@ -105,7 +105,7 @@ def stop(proc: subprocess.Popen) -> None:
 def write_sqlite(customers: int, path: Path) -> int:
     import sqlalchemy as sa
 
-    from churn_assets.simulator import SimulatorSettings, simulate
+    from churn_assets.sources.simulation import SimulatorSettings, simulate
 
     frame = simulate(SimulatorSettings(n_customers=customers, start_date=START), AS_OF)
     engine = sa.create_engine(f"sqlite:///{path}")

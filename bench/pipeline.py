@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from churn_assets.simulator import DEFAULT_START, SimulatorSettings, simulate
+from churn_assets.sources.simulation import DEFAULT_START, SimulatorSettings, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

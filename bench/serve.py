@@ -36,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, 
 from churn_assets_tests.serving_support import (SPEC, ServerProcess, as_json_records,  # noqa: E402
                                                 free_port, wait_for)
 
-from churn_assets.registry import ModelRegistry  # noqa: E402
+from churn_assets.storage.registry import ModelRegistry  # noqa: E402
 from churn_assets.serving.predict_endpoint import score  # noqa: E402
 from churn_assets.serving.model_store import load_serving_model  # noqa: E402
-from churn_assets.serving.sample_models import register, sample_frames, train_family  # noqa: E402
-from churn_assets.simulator import SimulatorSettings, simulate  # noqa: E402
+from churn_assets.devtools.sample_models import register, sample_frames, train_family  # noqa: E402
+from churn_assets.sources.simulation import SimulatorSettings, simulate  # noqa: E402
 
 FAMILIES = ("logistic_regression", "hist_gradient_boosting")
 WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}

@@ -1,4 +1,4 @@
-"""``churn-assets``: run the pipeline with persistent state, inspect and roll back models."""
+"""churn-assets: run the pipeline with persistent state, inspect and roll back models."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import os
 import re
 import sys
 from pathlib import Path
+
+from churn_assets.settings import SettingsError, load_settings
 
 DAGSTER_YAML = """\
 # Written by churn-assets. One refresh at a time: the schedule and sensors queue behind it.
@@ -32,8 +34,6 @@ def prepare_dagster_home(home: Path) -> Path:
 
 
 def _dagster(args: list[str]) -> int:
-    from churn_assets.settings import load_settings
-
     settings = load_settings()
     env = dict(os.environ)
     env.setdefault("DAGSTER_HOME", str(prepare_dagster_home(settings.home)))
@@ -44,16 +44,47 @@ def _dagster(args: list[str]) -> int:
 
 
 def cmd_materialize(ns: argparse.Namespace) -> int:
-    return _dagster(["asset", "materialize", "-m", "churn_assets", "--select", ns.select])
+    import dagster as dg
+
+    from churn_assets.defs.launch import RefreshBusy, refresh_run_config, run_refresh
+
+    settings = load_settings()
+    dagster_home = prepare_dagster_home(settings.home)
+    os.environ.setdefault("DAGSTER_HOME", str(dagster_home))
+    run_config = refresh_run_config(ns.as_of, ns.families, ns.seed)
+    with dg.DagsterInstance.from_config(os.environ["DAGSTER_HOME"]) as instance:
+        try:
+            result = run_refresh(settings.home, instance, run_config, ns.select)
+        except RefreshBusy as exc:
+            print(f"churn-assets materialize: {exc}", file=sys.stderr)
+            return 3
+    if not result.success:
+        print(f"churn-assets materialize: run {result.run_id} failed", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_dev(ns: argparse.Namespace) -> int:
     return _dagster(["dev", "-m", "churn_assets", "--host", ns.host, "--port", str(ns.port)])
 
 
+def cmd_check_config(ns: argparse.Namespace) -> int:
+    settings = load_settings()  # raises SettingsError, reported by main()
+    spec = settings.feature_spec()
+    where = os.environ.get("CHURN_ASSETS_CONFIG") or "defaults (CHURN_ASSETS_CONFIG is not set)"
+    print(f"configuration OK: {where}")
+    print(f"  feature spec {spec.name!r}: {len(spec.numeric_features)} numeric,"
+          f" {len(spec.categorical_features)} categorical features, label horizon"
+          f" {spec.label_horizon_days} days")
+    print(f"  source: {settings.source.kind}; window {settings.window.training_window_weeks}+"
+          f"{settings.window.holdout_weeks} weeks; {len(settings.gate.rules)} gate rules;"
+          f" schedule {settings.schedule.cron} ({settings.schedule.timezone})")
+    print(f"  data directory: {settings.home}")
+    return 0
+
+
 def _registry():
-    from churn_assets.registry import ModelRegistry
-    from churn_assets.settings import load_settings
+    from churn_assets.storage.registry import ModelRegistry
 
     return ModelRegistry(load_settings().home / "registry")
 
@@ -76,7 +107,7 @@ def cmd_versions(ns: argparse.Namespace) -> int:
 
 
 def cmd_rollback(ns: argparse.Namespace) -> int:
-    from churn_assets.registry import RegistryError
+    from churn_assets.storage.registry import RegistryError
 
     try:
         pointer = _registry().rollback(to=ns.to)
@@ -93,19 +124,18 @@ def redact_url(value: str) -> str:
 
 
 def cmd_info(ns: argparse.Namespace) -> int:
-    from churn_assets.settings import load_settings
-
     settings = load_settings()
     source = {key: redact_url(value) if isinstance(value, str) else value
-              for key, value in settings.source.items()}
+              for key, value in settings.source.model_dump(mode="json").items()}
     print(json.dumps({"home": str(settings.home), "dagster_home": str(settings.dagster_home),
                       "spec": settings.spec, "source": source,
-                      "schedule": f"{settings.cron} ({settings.timezone})"}, indent=2))
+                      "schedule": f"{settings.schedule.cron} ({settings.schedule.timezone})"},
+                     indent=2))
     return 0
 
 
 def cmd_demo_api(ns: argparse.Namespace) -> int:
-    from churn_assets.demo_api import serve
+    from churn_assets.devtools.demo_api import serve
 
     return serve(ns)
 
@@ -118,25 +148,44 @@ def cmd_serve(ns: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from churn_assets.demo_api import add_arguments as demo_api_arguments
+    from churn_assets.devtools.demo_api import add_arguments as demo_api_arguments
 
-    parser = argparse.ArgumentParser(prog="churn-assets", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("materialize", help="run the refresh (default: the whole graph) with persistent state")
-    p.add_argument("--select", default="*")
+    parser = argparse.ArgumentParser(
+        prog="churn-assets",
+        description="Run the churn-model refresh with persistent state, check the configuration,"
+                    " inspect and roll back model versions, and serve predictions. State lives"
+                    " in $CHURN_ASSETS_HOME (default ~/.churn_assets); settings come from the"
+                    " TOML file named by $CHURN_ASSETS_CONFIG.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("materialize", help="run the weekly refresh now, as a churn_refresh run",
+                       description="Run the churn_refresh job in this process, recorded in the"
+                                   " persistent Dagster instance. Only one refresh runs at a time"
+                                   " per data directory: a second one exits with code 3.")
+    p.add_argument("--select", default="*",
+                   help="comma-separated assets to run (default: the whole graph)")
+    p.add_argument("--as-of", default=os.environ.get("CHURN_ASSETS_SIMULATOR_AS_OF", ""),
+                   metavar="YYYY-MM-DD",
+                   help="the data's 'today' for this run (default: $CHURN_ASSETS_SIMULATOR_AS_OF,"
+                        " else the source's own default, i.e. the real date)")
+    p.add_argument("--families", nargs="+", metavar="FAMILY",
+                   help="model families to try (logistic_regression, hist_gradient_boosting;"
+                        " default: both)")
+    p.add_argument("--seed", type=int, help="training seed (default 42)")
     p.set_defaults(func=cmd_materialize)
     p = sub.add_parser("dev", help="open the Dagster UI and daemon (schedule, sensors) with persistent state")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--host", default="127.0.0.1", help="address the UI listens on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=3000, help="port of the UI (default 3000)")
     p.set_defaults(func=cmd_dev)
+    p = sub.add_parser("check-config", help="validate the configuration and feature spec; run nothing")
+    p.set_defaults(func=cmd_check_config)
     p = sub.add_parser("versions", help="list model versions; * marks production")
     p.set_defaults(func=cmd_versions)
     p = sub.add_parser("rollback", help="move production back to an earlier version")
     p.add_argument("--to", help="version, e.g. v0003 (default: the newest older than production)")
     p.set_defaults(func=cmd_rollback)
     p = sub.add_parser("serve", help="serve churn predictions from the production model over HTTP")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (each follows deployments)")
     p.add_argument("--registry", help="registry folder (default: $CHURN_ASSETS_HOME/registry)")
     p.add_argument("--max-batch", type=int, help="most records per request (default 10000)")
@@ -154,7 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
-    return ns.func(ns)
+    try:
+        return ns.func(ns)
+    except SettingsError as exc:
+        # A configuration mistake is the user's to fix: the reason, not a traceback.
+        print(f"churn-assets {ns.command}: configuration error:\n  "
+              + str(exc).replace("\n", "\n  "), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

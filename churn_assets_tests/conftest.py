@@ -6,6 +6,7 @@ import os
 # workers of parallel test processes slow each other down by an order of magnitude.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -13,16 +14,18 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from churn_assets.definitions import ASSETS, CHECKS, build_resources
-from churn_assets.gate import GateRule
-from churn_assets.model import ModelConfig
-from churn_assets.resources import TrainingPlan
+from churn_assets.defs.definitions import ASSETS, CHECKS, build_resources
+from churn_assets.core.gate import GateRule
+from churn_assets.defs.model import ModelConfig
+from churn_assets.defs.resources import TrainingPlan
 from churn_assets.settings import Settings
-from churn_assets.sources import SimulatorSource
-from churn_assets.training import LABEL, ModelingFrames, train_challenger
-from churn_assets.version import code_version
+from churn_assets.sources.simulator import SimulatorSource
+from churn_assets.core.spec import LABEL
+from churn_assets.core.training import ModelingFrames, train_challenger
+from churn_assets.core.code_version import code_version
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TELCO_CSV = Path(__file__).resolve().parents[1] / "examples" / "data" / "telco.csv"
+TELCO_SHA256 = "16320c9c1ec72448db59aa0a26a0b95401046bef5d02fd3aeb906448e3055e91"
 # Enough simulated history for a 12-week window + 2 validation + 2 holdout weeks
 # plus the 28-day label horizon; a week later for the second run.
 FIRST_WEEK = "2026-05-04"
@@ -38,7 +41,7 @@ def run_graph(home: Path, source, *, rules=None, assets=None, selection=None, sp
               window=None, instance=None, run_config=None) -> dg.ExecuteInProcessResult:
     settings = Settings(home=Path(home), spec=spec, window=window or {})
     if rules is not None:
-        settings.gate_rules = tuple(rules)
+        settings = settings.with_rules(rules)
     return dg.materialize(
         assets or (ASSETS + CHECKS),
         resources=build_resources(settings, source=source),
@@ -114,7 +117,9 @@ def home(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def shared_data() -> Path:
-    if not (SHARED_DATA / "telco.csv").exists():
-        raise FileNotFoundError(f"expected the shared datasets at {SHARED_DATA}")
-    return SHARED_DATA
+def telco_csv() -> Path:
+    """The IBM Telco export that ships with the project (examples/data/README.md)."""
+    path = TELCO_CSV
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert digest == TELCO_SHA256, f"{path} is not the published Telco export (sha256 {digest})"
+    return path

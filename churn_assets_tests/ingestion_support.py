@@ -10,11 +10,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from churn_assets.alerts import failure_reason
-from churn_assets.demo_api import CustomerApi, DemoApiServer, start_in_thread
-from churn_assets.simulator import SimulatorSettings
-from churn_assets.sources import CustomerSource
-from churn_assets.sources_http import HttpSource
+from churn_assets.defs.alerts import failure_reason
+from churn_assets.devtools.demo_api import CustomerApi, DemoApiServer, start_in_thread
+from churn_assets.sources.simulation import SimulatorSettings
+from churn_assets.sources.base import CustomerSource
+from churn_assets.sources.http import HttpSource
 from churn_assets_tests.conftest import guarded_state, run_graph  # noqa: F401 (re-exported)
 
 TOKEN_ENV = "CHURN_ASSETS_API_TOKEN"
@@ -33,16 +33,11 @@ def start_demo_api(as_of: str = FIRST_WEEK, token: str = TOKEN) -> DemoApiServer
 
 
 def http_source(server: DemoApiServer | str, **options) -> HttpSource:
-    """An HttpSource for a demo API (server or URL), its token read through dg.EnvVar."""
+    """An HttpSource for a demo API (server or URL), its token read from ``TOKEN_ENV``."""
     options.setdefault("page_size", 2000)
     options.setdefault("backoff_factor", 0.1)
     options.setdefault("base_url", server if isinstance(server, str) else server.url)
-    return HttpSource(token=dg.EnvVar(TOKEN_ENV), **options)
-
-
-def ready(source: CustomerSource) -> CustomerSource:
-    """The source with its ``dg.EnvVar`` fields resolved, for calling it outside a run."""
-    return source.process_config_and_initialize()
+    return HttpSource(token_env=TOKEN_ENV, **options)
 
 
 def run_refresh(home: Path, source: CustomerSource,

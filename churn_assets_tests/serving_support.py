@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churn_assets.registry import ModelRegistry
-from churn_assets.serving.sample_models import register, sample_frames, train_family
-from churn_assets.simulator import SimulatorSettings, simulate
-from churn_assets.spec import load_spec
+from churn_assets.storage.registry import ModelRegistry
+from churn_assets.devtools.sample_models import register, sample_frames, train_family
+from churn_assets.sources.simulation import SimulatorSettings, simulate
+from churn_assets.core.spec import load_spec
 
 SPEC = load_spec("simulator")
 

@@ -12,11 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import dagster as dg
 import pytest
 
-from churn_assets.alerts import WEBHOOK_ENV
-from churn_assets.gate import GateRule
-from churn_assets.sensors import churn_failure_alert
+from churn_assets.defs.alerts import WEBHOOK_ENV
+from churn_assets.core.gate import GateRule
+from churn_assets.defs.sensors import churn_failure_alert
 from churn_assets.settings import Settings
-from churn_assets.sources import SimulatorSource
+from churn_assets.sources.simulator import SimulatorSource
 from churn_assets_tests.ingestion_support import (CUSTOMERS, FAST_TRAINING, FIRST_WEEK, TOKEN,
                                                   TOKEN_ENV, http_source, start_demo_api)
 
@@ -75,7 +75,7 @@ def failed_refresh(tmp_path, monkeypatch):
 
 def test_failed_run_posts_slack_json(tmp_path, monkeypatch, webhook, caplog):
     instance, run_id = failed_refresh(tmp_path, monkeypatch)
-    with caplog.at_level(logging.ERROR, logger="churn_assets.alerts"):
+    with caplog.at_level(logging.ERROR, logger="churn_assets.defs.alerts"):
         alert_for(instance, run_id)
     assert len(webhook.posts) == 1
     payload = webhook.posts[0]
@@ -94,7 +94,7 @@ def test_dead_webhook_leaves_the_failure_visible(tmp_path, monkeypatch, caplog):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     monkeypatch.setenv(WEBHOOK_ENV, f"http://127.0.0.1:{port}/hook")
-    with caplog.at_level(logging.ERROR, logger="churn_assets.alerts"):
+    with caplog.at_level(logging.ERROR, logger="churn_assets.defs.alerts"):
         alert_for(instance, run_id)  # must not raise
     messages = [record.getMessage() for record in caplog.records]
     assert any("alert webhook" in m and "failed" in m for m in messages), messages
@@ -105,10 +105,10 @@ def test_dead_webhook_leaves_the_failure_visible(tmp_path, monkeypatch, caplog):
 
 
 def test_blocked_gate_is_alerted_in_plain_words(tmp_path, webhook):
-    from churn_assets.definitions import ASSETS, CHECKS, build_resources
+    from churn_assets.defs.definitions import ASSETS, CHECKS, build_resources
 
-    settings = Settings(home=tmp_path / "home")
-    settings.gate_rules = (GateRule("roc_auc", floor=0.999),)  # no model clears this
+    settings = Settings(home=tmp_path / "home").with_rules(
+        [GateRule("roc_auc", floor=0.999)])  # no model clears this
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(
         ASSETS + CHECKS, instance=instance, raise_on_error=False, run_config=FAST_TRAINING,

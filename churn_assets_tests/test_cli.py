@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -46,3 +47,37 @@ def test_prediction_server_modules_do_not_import_dagster():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_two_materialize_at_once_run_one_refresh_and_the_second_says_why(tmp_path, monkeypatch):
+    from churn_assets_tests.ingestion_support import TOKEN, TOKEN_ENV, start_demo_api
+
+    server = start_demo_api("2026-05-04")
+    server.api.faults.queue[:] = ["stall"]  # the first refresh hangs inside raw_customers
+    server.api.faults.stall_seconds = 120
+    config = tmp_path / "churn.toml"
+    config.write_text(f'[source]\nkind = "http"\nbase_url = "{server.url}"\n'
+                      f'token_env = "{TOKEN_ENV}"\nread_timeout = 120\n')
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    env.update(CHURN_ASSETS_HOME=str(home), CHURN_ASSETS_CONFIG=str(config), **{TOKEN_ENV: TOKEN})
+    cli = str(Path(sys.executable).with_name("churn-assets"))
+    command = [cli, "materialize", "--as-of", "2026-05-04", "--families", "logistic_regression"]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while server.api.requests[:1] != [("/v1/customers", "stall")] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert server.api.requests[:1] == [("/v1/customers", "stall")], "first refresh never started"
+        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 3, second.stderr[-2000:]
+        assert "a refresh is already running" in second.stderr and "Traceback" not in second.stderr
+    finally:
+        server.api.release.set()
+        out, err = first.communicate(timeout=300)
+        server.stop()
+    assert first.returncode == 0, err[-3000:]
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        runs = instance.get_runs()
+    assert [(r.job_name, r.status) for r in runs] == [("churn_refresh", dg.DagsterRunStatus.SUCCESS)]
+    assert runs[0].tags.get("churn_assets/refresh") == "true"

@@ -3,9 +3,9 @@
 import numpy as np
 import pandas as pd
 
-from churn_assets.features import build_preprocessor
-from churn_assets.simulator import SimulatorSettings, simulate
-from churn_assets.spec import load_spec
+from churn_assets.core.features import build_preprocessor
+from churn_assets.sources.simulation import SimulatorSettings, simulate
+from churn_assets.core.spec import load_spec
 
 
 def test_column_set_is_fixed_whatever_categories_a_week_brings():

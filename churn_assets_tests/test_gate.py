@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from churn_assets.gate import DEFAULT_RULES, GateRule, evaluate_gate
+from churn_assets.core.gate import DEFAULT_RULES, GateRule, evaluate_gate
 
 GOOD = {"roc_auc": 0.80, "pr_auc": 0.45, "brier_score": 0.12, "log_loss": 0.40, "f1": 0.5,
         "accuracy": 0.8, "precision": 0.4, "recall": 0.6}

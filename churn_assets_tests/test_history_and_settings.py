@@ -1,11 +1,10 @@
-"""History upserts and configuration errors."""
+"""History upserts and feature-spec errors."""
 
 import pandas as pd
 import pytest
 
-from churn_assets.history import CustomerHistory
-from churn_assets.settings import SettingsError, load_settings
-from churn_assets.spec import SpecError, load_spec
+from churn_assets.storage.history import CustomerHistory
+from churn_assets.core.spec import SpecError, load_spec
 
 KEYS = ["customer_id", "snapshot_date"]
 
@@ -37,38 +36,11 @@ def test_upsert_rejects_unknown_columns_and_keeps_history(tmp_path):
     assert history.state() == {"watermark": "w1"}
 
 
-def test_config_file_errors_name_the_key(tmp_path):
-    config = tmp_path / "churn.toml"
-    config.write_text('[source]\nkind = "ftp"\n')
-    with pytest.raises(SettingsError, match="source.kind must be"):
-        load_settings({"CHURN_ASSETS_CONFIG": str(config)})
-    config.write_text('[[gate.rules]]\nmetric = "auc"\nfloor = 0.5\n')
-    with pytest.raises(SettingsError, match="unknown metric 'auc'"):
-        load_settings({"CHURN_ASSETS_CONFIG": str(config)})
-    config.write_text('colour = "blue"\n')
-    with pytest.raises(SettingsError, match="unknown keys \\['colour'\\]"):
-        load_settings({"CHURN_ASSETS_CONFIG": str(config)})
-    with pytest.raises(SettingsError, match="no such file"):
-        load_settings({"CHURN_ASSETS_CONFIG": str(tmp_path / "nope.toml")})
-
-
-def test_config_file_paths_are_relative_to_the_file(tmp_path):
-    config = tmp_path / "conf" / "telco.toml"
-    config.parent.mkdir()
-    config.write_text('spec = "telco"\n[source]\nkind = "file"\npath = "../data/telco.csv"\n'
-                      '[schedule]\ntimezone = "Europe/Berlin"\n')
-    settings = load_settings({"CHURN_ASSETS_CONFIG": str(config), "CHURN_ASSETS_HOME": str(tmp_path / "h")})
-    assert settings.source["path"] == str((tmp_path / "data" / "telco.csv").resolve())
-    assert settings.timezone == "Europe/Berlin"
-    assert settings.home == tmp_path / "h"
-    assert load_settings({"CHURN_ASSETS_CONFIG": str(config), "CHURN_ASSETS_TIMEZONE": "UTC"}).timezone == "UTC"
-
-
 def test_spec_errors_name_the_problem(tmp_path):
     with pytest.raises(SpecError, match="no feature spec 'nosuch'"):
         load_spec("nosuch")
     bad = tmp_path / "spec.json"
     bad.write_text('{"name": "x", "id_column": "id"}')
-    with pytest.raises(SpecError, match="missing required keys"):
+    with pytest.raises(SpecError, match="target_column: Field required"):
         load_spec(str(bad))
     assert load_spec("telco").positive_label == "Yes"

@@ -16,10 +16,10 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from churn_assets.sources import SourceError, TransientSourceError
-from churn_assets.spec import load_spec
+from churn_assets.sources.base import SourceError, TransientSourceError
+from churn_assets.core.spec import load_spec
 from churn_assets_tests.ingestion_support import (FIRST_WEEK, NEXT_WEEK, TOKEN, TOKEN_ENV,
-                                                  copy_home, guarded_state, http_source, ready,
+                                                  copy_home, guarded_state, http_source,
                                                   run_refresh, start_demo_api, step_failures)
 
 SPEC = load_spec("simulator")
@@ -89,7 +89,7 @@ def test_429_waits_at_least_retry_after(world):
     world.api.faults.queue[:] = ["429"]
     world.api.faults.retry_after = 2
     started = time.monotonic()
-    batch = ready(http_source(world.server)).fetch(SPEC, None)
+    batch = http_source(world.server).fetch(SPEC, None)
     assert time.monotonic() - started >= 2.0
     assert world.data_requests()[:2] == ["429", 200]
     assert len(batch.records) == len(world.api.frame(NEXT_WEEK))
@@ -100,7 +100,7 @@ def test_stalled_read_times_out_clearly_in_bounded_time(world):
     source = http_source(world.server, read_timeout=0.5, read_retries=1)
     started = time.monotonic()
     with pytest.raises(TransientSourceError, match="read timeout") as caught:
-        ready(source).fetch(SPEC, None)
+        source.fetch(SPEC, None)
     # Two attempts of 0.5 s and one short backoff; generous margin for a loaded machine.
     assert time.monotonic() - started < 10
     assert "stalled" in str(caught.value)
@@ -165,18 +165,18 @@ def test_unreachable_api_is_transient(world):
     world.server.stop()
     source = http_source(world.server, connect_timeout=0.5, max_retries=1)
     with pytest.raises(TransientSourceError, match="connection to"):
-        ready(source).fetch(SPEC, None)
+        source.fetch(SPEC, None)
 
 
 def test_unknown_path_fails_with_what_to_fix(world):
     source = http_source(world.server, base_url=world.server.url + "/nope")
     with pytest.raises(SourceError, match="check source.base_url") as caught:
-        ready(source).fetch(SPEC, None)
+        source.fetch(SPEC, None)
     assert not isinstance(caught.value, TransientSourceError)
 
 
 def test_count_endpoint_matches_what_a_fetch_returns(world):
-    source = ready(http_source(world.server))
+    source = http_source(world.server)
     frame = world.api.frame(NEXT_WEEK)
     found = source.count_new(SPEC, FIRST_WEEK)
     assert found.count == int((frame["updated_at"] > pd.Timestamp(FIRST_WEEK)).sum()) > 0
@@ -185,7 +185,7 @@ def test_count_endpoint_matches_what_a_fetch_returns(world):
 
 
 def test_bad_request_is_permanent_and_says_what_to_fix(world):
-    source = ready(http_source(world.server, page_size=10**6))  # over the API's maximum
+    source = http_source(world.server, page_size=10**6)  # over the API's maximum
     with pytest.raises(SourceError, match="HTTP 400.*check source.page_size") as caught:
         source.fetch(SPEC, None)
     assert not isinstance(caught.value, TransientSourceError)

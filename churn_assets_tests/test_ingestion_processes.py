@@ -16,10 +16,10 @@ from pathlib import Path
 import pandas as pd
 import requests
 
-from churn_assets.simulator import SimulatorSettings, simulate
-from churn_assets.spec import load_spec
+from churn_assets.sources.simulation import SimulatorSettings, simulate
+from churn_assets.core.spec import load_spec
 from churn_assets_tests.ingestion_support import (FIRST_WEEK, NEXT_WEEK, TOKEN, TOKEN_ENV,
-                                                  guarded_state, http_source, ready, run_refresh,
+                                                  guarded_state, http_source, run_refresh,
                                                   start_demo_api, step_failures, stop_process)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ def test_demo_api_command_serves_the_contract_and_stops_on_sigterm(monkeypatch):
         url = banner.split(" on ")[1].split()[0]
         assert requests.get(url + "/healthz", timeout=5).status_code == 200
         assert requests.get(url + "/v1/customers", timeout=5).status_code == 401
-        source = ready(http_source(url, page_size=700))
+        source = http_source(url, page_size=700)
         batch = source.fetch(load_spec("simulator"), None)
         expected = simulate(SimulatorSettings(n_customers=300), FIRST_WEEK)
         assert len(batch.records) == len(expected)
@@ -66,9 +66,9 @@ CHILD = textwrap.dedent("""
     import sys
     from pathlib import Path
     import dagster as dg
-    from churn_assets.sources_http import HttpSource
+    from churn_assets.sources.http import HttpSource
     from churn_assets_tests.ingestion_support import TOKEN_ENV, run_refresh
-    source = HttpSource(base_url=sys.argv[2], token=dg.EnvVar(TOKEN_ENV), page_size=200,
+    source = HttpSource(base_url=sys.argv[2], token_env=TOKEN_ENV, page_size=200,
                         read_timeout=300)
     run_refresh(Path(sys.argv[1]), source)
 """)

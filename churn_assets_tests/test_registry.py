@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from churn_assets.registry import IntegrityError, ModelRegistry, RegistryError
+from churn_assets.storage.registry import IntegrityError, ModelRegistry, RegistryError
 
 
 class TinyModel:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 import time
@@ -11,12 +12,12 @@ import pandas as pd
 import sqlalchemy as sa
 
 from churn_assets.cli import prepare_dagster_home
-from churn_assets.definitions import build_defs, build_resources
-from churn_assets.schedules import REFRESH_TAG, weekly_refresh
-from churn_assets.sensors import new_data_sensor
+from churn_assets.defs.definitions import build_defs, build_resources
+from churn_assets.defs.schedules import REFRESH_TAG, weekly_refresh
+from churn_assets.defs.sensors import new_data_sensor
 from churn_assets.settings import Settings
-from churn_assets.simulator import SimulatorSettings, simulate
-from churn_assets.sources_sql import SqlSource
+from churn_assets.sources.simulation import SimulatorSettings, simulate
+from churn_assets.sources.sql import SqlSource
 from churn_assets_tests.ingestion_support import (CUSTOMERS, FAST_TRAINING, FIRST_WEEK, NEXT_WEEK,
                                                   TOKEN, TOKEN_ENV, run_refresh, start_demo_api,
                                                   step_failures)
@@ -28,6 +29,11 @@ def write_table(url: str, as_of: str) -> pd.DataFrame:
     frame.to_sql("customers", engine, if_exists="replace", index=False)
     engine.dispose()
     return frame
+
+
+def schedule_tick(instance):
+    monday = dt.datetime(2026, 5, 11, 3, 0, tzinfo=dt.timezone.utc)
+    return dg.build_schedule_context(instance=instance, scheduled_execution_time=monday)
 
 
 def tick(settings: Settings, source, instance, cursor=None):
@@ -88,7 +94,7 @@ def test_no_refresh_starts_while_one_is_running(tmp_path, monkeypatch):
         running = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
         assert [r.tags.get(REFRESH_TAG) for r in running] == ["true"]
 
-        schedule = weekly_refresh(settings).evaluate_tick(dg.build_schedule_context(instance=instance))
+        schedule = weekly_refresh(settings).evaluate_tick(schedule_tick(instance))
         assert schedule.run_requests == []
         sensor = tick(settings, defs.resources["customer_source"], instance)
         assert sensor.run_requests == [] and "queued or running" in sensor.skip_message
@@ -100,11 +106,15 @@ def test_no_refresh_starts_while_one_is_running(tmp_path, monkeypatch):
 
     server = start_demo_api(NEXT_WEEK)
     try:
-        settings.source["base_url"] = server.url
+        settings = settings.model_copy(update={"source": settings.source.model_copy(
+            update={"base_url": server.url})})
         after = tick(settings, build_defs(settings).resources["customer_source"], instance)
         assert len(after.run_requests) == 1
-        schedule = weekly_refresh(settings).evaluate_tick(dg.build_schedule_context(instance=instance))
+        schedule = weekly_refresh(settings).evaluate_tick(schedule_tick(instance))
         assert len(schedule.run_requests) == 1
+        # The tick's own date travels as run config: a long-lived code server never goes stale.
+        assert schedule.run_requests[0].run_config == {
+            "ops": {"raw_customers": {"config": {"as_of": "2026-05-11"}}}}
     finally:
         server.stop()
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from churn_assets.history import atomic_write_json
+from churn_assets.storage.atomic import atomic_write_json
 from churn_assets.serving.app import ServeConfig, create_app
 from churn_assets_tests.serving_support import (  # noqa: F401  (fixtures)
     SPEC, as_json_records, messy_records, registry, registry_template, trained, wait_for)

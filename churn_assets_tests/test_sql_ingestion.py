@@ -13,14 +13,14 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from churn_assets.definitions import build_source
+from churn_assets.defs.resources import source_from_settings
 from churn_assets.settings import Settings, SettingsError, load_settings
-from churn_assets.simulator import SimulatorSettings, simulate
-from churn_assets.sources import SourceError
-from churn_assets.sources_sql import SqlSource
-from churn_assets.spec import load_spec
+from churn_assets.sources.simulation import SimulatorSettings, simulate
+from churn_assets.sources.base import SourceError
+from churn_assets.sources.sql import SqlSource
+from churn_assets.core.spec import load_spec
 from churn_assets_tests.ingestion_support import (CUSTOMERS, FIRST_WEEK, NEXT_WEEK, guarded_state,
-                                                  ready, run_refresh, step_failures)
+                                                  run_refresh, step_failures)
 
 SPEC = load_spec("simulator")
 POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
@@ -89,7 +89,7 @@ def test_incremental_idempotent_refreshes(database, tmp_path):
     later = customers(NEXT_WEEK)
     write_table(url, table, later)
     new = SqlSource(url=url, table=table, as_of=NEXT_WEEK)
-    assert ready(new).count_new(SPEC, state["watermark"]).count == int(
+    assert new.count_new(SPEC, state["watermark"]).count == int(
         (later["updated_at"] > pd.Timestamp(FIRST_WEEK)).sum())
     second = run_refresh(home, new)
     assert second.success, step_failures(second)
@@ -149,13 +149,13 @@ def test_config_builds_sql_and_http_sources(tmp_path, monkeypatch):
     config = tmp_path / "churn.toml"
     config.write_text('[source]\nkind = "sql"\npath = "crm.db"\ntable = "customers"\n')
     settings = load_settings({"CHURN_ASSETS_CONFIG": str(config)})
-    assert settings.source["url"] == f"sqlite:///{tmp_path / 'crm.db'}"
-    assert isinstance(build_source(settings.source), SqlSource)
+    built = source_from_settings(settings.source)
+    assert isinstance(built, SqlSource) and built.url == f"sqlite:///{tmp_path / 'crm.db'}"
     config.write_text('[source]\nkind = "http"\nbase_url = "http://127.0.0.1:8765"\n')
     monkeypatch.setenv("CHURN_ASSETS_API_TOKEN", "t")
-    source = ready(build_source(load_settings({"CHURN_ASSETS_CONFIG": str(config)}).source))
-    assert source.token == "t" and source.token_env == "CHURN_ASSETS_API_TOKEN"
+    source = source_from_settings(load_settings({"CHURN_ASSETS_CONFIG": str(config)}).source)
+    assert source.bearer_token() == "t" and source.token_env == "CHURN_ASSETS_API_TOKEN"
     config.write_text('[source]\nkind = "sql"\ntable = "customers"\n')
     with pytest.raises(SettingsError, match="url_env"):
         load_settings({"CHURN_ASSETS_CONFIG": str(config)})
-    assert Settings(home=tmp_path).sensor == {}
+    assert Settings(home=tmp_path).sensor.enabled is None

@@ -5,10 +5,10 @@ import math
 import pandas as pd
 import pytest
 
-from churn_assets.simulator import SimulatorSettings, simulate
-from churn_assets.sources import FileSource
-from churn_assets.spec import load_spec
-from churn_assets.validation import RecordValidationError, validate_records
+from churn_assets.sources.simulation import SimulatorSettings, simulate
+from churn_assets.sources.file import FileSource
+from churn_assets.core.spec import load_spec
+from churn_assets.core.validation import RecordValidationError, validate_records
 
 from churn_assets_tests.conftest import (
     FIRST_WEEK, NEXT_WEEK, history_snapshot, production_version, registry_snapshot, run_graph,

@@ -8,7 +8,7 @@ folded in, then the classifier) and repeats exactly the operations scikit-learn 
 
 - numeric: NaN -> training median, a 0/1 indicator per column that was missing in
   training, then ``(x - mean) / scale`` on both (same IEEE operations as StandardScaler);
-- categorical: strip + casefold + alias (``features.normalize_category``), blank or
+- categorical: strip + casefold + alias (``categories.normalize_category``), blank or
   missing -> ``"__missing__"``, then the one-hot position; unseen values -> all zeros;
 - LogisticRegression: ``expit(x . coef + intercept)``;
 - HistGradientBoostingClassifier: all trees walked at once, level by level, with NumPy
@@ -33,8 +33,9 @@ from scipy.special import expit
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 
-from churn_assets.artifact import ChurnPredictor
-from churn_assets.features import MISSING_CATEGORY
+from churn_assets.core.artifact import ChurnPredictor
+from churn_assets.core.categories import category_key
+from churn_assets.core.features import MISSING_CATEGORY
 
 NAN = float("nan")
 
@@ -62,7 +63,7 @@ class EncodedRecords:
 
 
 def _category_table(categories: np.ndarray, aliases: dict[str, str], offset: int) -> dict[str, int]:
-    """Normalized text -> encoded column, aliases resolved the way ``normalize_category`` does."""
+    """Normalized text -> encoded column, aliases resolved the way ``categories.normalize_category`` does."""
     position = {str(c): offset + i for i, c in enumerate(categories)}
     table = dict(position)
     for raw, canonical in aliases.items():
@@ -231,11 +232,10 @@ class CompiledChurnModel:
 
     def category_column(self, j: int, text: str | None) -> int | None:
         """Encoded column of categorical feature ``j`` for raw ``text`` (None: all zeros)."""
-        if text is not None:
-            text = text.strip().casefold()
-        if not text:
+        key = category_key(text)
+        if key is None:
             return self.missing_column[j]
-        return self.tables[j].get(text)
+        return self.tables[j].get(key)
 
     def encode_one(self, numeric: list[float], categories: list[str | None]) -> list[float]:
         """One record -> its encoded feature vector (a list, for the scalar scorers)."""

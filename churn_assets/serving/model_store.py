@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from churn_assets.artifact import ChurnPredictor
-from churn_assets.registry import ModelRegistry, RegistryError
+from churn_assets.core.artifact import ChurnPredictor
+from churn_assets.storage.registry import ModelRegistry, RegistryError
 from churn_assets.serving.fast_path import CompiledChurnModel, EncodedRecords, Uncompilable
 from churn_assets.serving.schema import RecordSchema
 

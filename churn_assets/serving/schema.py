@@ -27,7 +27,8 @@ import numpy as np
 import orjson
 
 from churn_assets.serving.fast_path import CompiledChurnModel, EncodedRecords
-from churn_assets.spec import FeatureSpec
+from churn_assets.core.categories import as_text
+from churn_assets.core.spec import FeatureSpec
 
 BATCH_KEY = "customers"
 MAX_REPORTED_PROBLEMS = 200
@@ -215,7 +216,7 @@ class RecordSchema:
                 value = str(value)
             elif kind is float:
                 # As training's validation reads numbers in a text column: 1.0 -> "1".
-                value = str(int(value)) if value.is_integer() else str(value)
+                value = as_text(value)
             elif value is None or value is _ABSENT:
                 value = self._gap(r, name, value, None, problems)
             else:

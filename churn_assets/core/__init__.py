@@ -1,0 +1,1 @@
+"""Pure churn-model logic: no Dagster, FastAPI, requests or SQLAlchemy imports."""

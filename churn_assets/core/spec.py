@@ -1,0 +1,169 @@
+"""The feature spec: which columns a churn dataset has and what they mean.
+
+One spec drives the pandera schema, the preprocessing and the serving API, so the
+columns are configuration (a JSON file), never code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from churn_assets.core.categories import as_text
+
+BUILTIN_SPEC_DIR = Path(__file__).parent / "specs"
+LABEL = "_label"  # the 0/1 churn label column; the raw target column stays as the source sent it
+
+
+class SpecError(ValueError):
+    """A feature spec that cannot be used, with the offending key named."""
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Columns of a customer-snapshot table and how to read them.
+
+    Attributes:
+        name: Short name, recorded with every model version.
+        id_column: Customer identifier; with ``timestamp_column`` it keys a record.
+        timestamp_column: Snapshot date (the "as of" date of the features).
+        target_column: The churn label.
+        positive_label: Value of ``target_column`` that means "churned". Compared as
+            text, so ``1`` and ``"1"`` are the same label.
+        negative_label: Value that means "stayed".
+        numeric_features: Columns parsed as float; blank strings count as missing.
+        categorical_features: Columns treated as categories; unseen values at
+            prediction time are tolerated.
+        category_aliases: Per categorical column, raw label -> canonical label
+            (applied after stripping and case-folding), e.g. ``"cc" -> "credit card"``.
+        label_horizon_days: A snapshot's label means "churned within this many days
+            after the snapshot", so it is final only that many days later. 0 for
+            sources whose labels are already final.
+        updated_at_column: Optional column telling when the source last changed a
+            record (used for incremental fetches).
+    """
+
+    name: str
+    id_column: str
+    timestamp_column: str
+    target_column: str
+    positive_label: str
+    negative_label: str
+    numeric_features: tuple[str, ...]
+    categorical_features: tuple[str, ...]
+    category_aliases: dict[str, dict[str, str]] = field(default_factory=dict)
+    label_horizon_days: int = 0
+    updated_at_column: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.numeric_features and not self.categorical_features:
+            raise SpecError(f"spec {self.name!r}: no numeric_features and no categorical_features")
+        features = list(self.numeric_features) + list(self.categorical_features)
+        dupes = sorted({c for c in features if features.count(c) > 1})
+        if dupes:
+            raise SpecError(f"spec {self.name!r}: columns listed twice as features: {dupes}")
+        reserved = {self.id_column, self.timestamp_column, self.target_column}
+        clash = sorted(reserved.intersection(features))
+        if clash:
+            raise SpecError(
+                f"spec {self.name!r}: id/timestamp/target columns used as features: {clash}"
+            )
+        unknown = sorted(set(self.category_aliases) - set(self.categorical_features))
+        if unknown:
+            raise SpecError(
+                f"spec {self.name!r}: category_aliases for non-categorical columns: {unknown}"
+            )
+        if self.label_horizon_days < 0:
+            raise SpecError(f"spec {self.name!r}: label_horizon_days must be >= 0")
+        if str(self.positive_label) == str(self.negative_label):
+            raise SpecError(f"spec {self.name!r}: positive_label equals negative_label")
+
+    @property
+    def feature_columns(self) -> list[str]:
+        return list(self.numeric_features) + list(self.categorical_features)
+
+    @property
+    def key_columns(self) -> list[str]:
+        return [self.id_column, self.timestamp_column]
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["numeric_features"] = list(self.numeric_features)
+        data["categorical_features"] = list(self.categorical_features)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "feature spec") -> FeatureSpec:
+        """Build a spec from its JSON form; every unknown key, wrong type or missing key
+        is a ``SpecError`` naming the key (docs/configuration.md lists them)."""
+        try:
+            model = SpecFile.model_validate(data)
+        except ValidationError as exc:
+            lines = []
+            for error in exc.errors():
+                key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+                reason = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+                lines.append(f"{where}: {key}: {reason}")
+            raise SpecError("\n".join(lines)) from None
+        values = model.model_dump()
+        values["numeric_features"] = tuple(values["numeric_features"])
+        values["categorical_features"] = tuple(values["categorical_features"])
+        values["category_aliases"] = {
+            col: {str(k).strip().casefold(): str(v).strip().casefold() for k, v in aliases.items()}
+            for col, aliases in values["category_aliases"].items()
+        }
+        return cls(**values)
+
+
+class SpecFile(BaseModel):
+    """The JSON form of a feature spec (docs/configuration.md, "Feature spec")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    id_column: str = Field(min_length=1)
+    timestamp_column: str = Field(min_length=1)
+    target_column: str = Field(min_length=1)
+    positive_label: str
+    negative_label: str
+    numeric_features: list[str]
+    categorical_features: list[str]
+    category_aliases: dict[str, dict[str, str]] = Field(default_factory=dict)
+    label_horizon_days: int = Field(0, ge=0)
+    updated_at_column: str | None = None
+
+    @field_validator("positive_label", "negative_label", mode="before")
+    @classmethod
+    def _label_as_text(cls, value):
+        # 1 and "1" are the same label: the target is compared as text.
+        return str(value) if isinstance(value, (int, float, bool)) else value
+
+
+def load_spec(name_or_path: str) -> FeatureSpec:
+    """Load a built-in spec by name (``simulator``, ``telco``) or a JSON spec file by path."""
+    builtin = BUILTIN_SPEC_DIR / f"{name_or_path}.json"
+    path = builtin if builtin.exists() else Path(name_or_path)
+    if not path.exists():
+        choices = sorted(p.stem for p in BUILTIN_SPEC_DIR.glob("*.json"))
+        raise SpecError(f"no feature spec {name_or_path!r}: not a file, nor one of {choices}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"feature spec {path} is not valid JSON: {exc}") from exc
+    return FeatureSpec.from_dict(data, where=f"feature spec {path}")
+
+
+def churn_label(target: pd.Series, spec: FeatureSpec) -> pd.Series:
+    """The 0/1 churn label of raw target values: 1 where the value reads as ``positive_label``.
+
+    Input: the raw target column, shape (n_rows,), of any dtype. Values are read with the
+    shared text rule (``categories.as_text``), so ``1``, ``1.0``, ``"1"`` and ``" 1 "``
+    are one label. Output: int64 Series, same index. The one place the label is computed:
+    validation, the history split and the evaluation all call it.
+    """
+    text = target.astype("object").map(as_text)
+    return (text == spec.positive_label).astype("int64")

@@ -1,0 +1,153 @@
+"""Time-based splits and model training, as pure functions of data frames."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import pandas as pd
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.frozen import FrozenEstimator
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import Pipeline
+
+from churn_assets.core.artifact import ChurnPredictor
+from churn_assets.core.metrics import best_f1_threshold, churn_metrics
+from churn_assets.core.spec import LABEL, FeatureSpec
+
+MODEL_FAMILIES = ("logistic_regression", "hist_gradient_boosting")
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """How history is cut into training, validation and holdout (in weeks)."""
+
+    training_window_weeks: int = 12
+    validation_weeks: int = 2
+    holdout_weeks: int = 2
+
+    def __post_init__(self) -> None:
+        if self.training_window_weeks <= self.validation_weeks:
+            raise ValueError("training_window_weeks must exceed validation_weeks")
+        if self.validation_weeks < 1 or self.holdout_weeks < 1:
+            raise ValueError("validation_weeks and holdout_weeks must be at least 1")
+
+
+@dataclass
+class ModelingFrames:
+    """Validated records cut by time. Each frame has the spec's columns plus ``_label``."""
+
+    train: pd.DataFrame        # training window minus its newest validation weeks
+    validation: pd.DataFrame   # newest weeks of the training window: model choice, threshold
+    holdout: pd.DataFrame      # newest labelled weeks, never seen by training
+    as_of: pd.Timestamp
+    label_cutoff: pd.Timestamp  # snapshots after this have provisional labels
+    held_back_rows: int         # rows left out because their label window is still open
+
+    @property
+    def training_window(self) -> pd.DataFrame:
+        return pd.concat([self.train, self.validation], ignore_index=True)
+
+    def window(self, spec: FeatureSpec) -> dict:
+        ts = spec.timestamp_column
+        def span(frame):
+            return [str(frame[ts].min().date()), str(frame[ts].max().date())] if len(frame) else None
+        return {"train": span(self.train), "validation": span(self.validation),
+                "holdout": span(self.holdout), "as_of": str(self.as_of.date()),
+                "label_cutoff": str(self.label_cutoff.date())}
+
+
+class NotEnoughHistory(ValueError):
+    """The history does not yet span the training, validation and holdout weeks."""
+
+
+def split_by_time(records: pd.DataFrame, spec: FeatureSpec, plan: WindowPlan,
+                  as_of: pd.Timestamp) -> ModelingFrames:
+    """Cut validated records into train / validation / holdout by snapshot date.
+
+    Snapshots newer than ``as_of - label_horizon_days`` are held back entirely: their
+    labels can still change. Of the rest, the newest ``holdout_weeks`` form the holdout,
+    and the ``training_window_weeks`` before them the training window, whose newest
+    ``validation_weeks`` are the validation set.
+    """
+    ts = records[spec.timestamp_column]
+    label_cutoff = as_of.normalize() - pd.Timedelta(days=spec.label_horizon_days)
+    final = records[ts <= label_cutoff]
+    held_back = len(records) - len(final)
+    if final.empty:
+        raise NotEnoughHistory(f"no snapshot on or before the label cutoff {label_cutoff.date()}")
+    newest = final[spec.timestamp_column].max().normalize()
+    holdout_start = newest - pd.Timedelta(weeks=plan.holdout_weeks) + pd.Timedelta(days=1)
+    validation_start = holdout_start - pd.Timedelta(weeks=plan.validation_weeks)
+    train_start = holdout_start - pd.Timedelta(weeks=plan.training_window_weeks)
+    fts = final[spec.timestamp_column]
+    frames = ModelingFrames(
+        train=final[(fts >= train_start) & (fts < validation_start)].reset_index(drop=True),
+        validation=final[(fts >= validation_start) & (fts < holdout_start)].reset_index(drop=True),
+        holdout=final[fts >= holdout_start].reset_index(drop=True),
+        as_of=as_of, label_cutoff=label_cutoff, held_back_rows=held_back,
+    )
+    for name in ("train", "validation", "holdout"):
+        frame = getattr(frames, name)
+        if frame.empty or frame[LABEL].nunique() < 2:
+            raise NotEnoughHistory(
+                f"the {name} weeks hold {len(frame)} labelled rows"
+                f" ({'one class only' if len(frame) else 'none'}): need history from"
+                f" {train_start.date()} to {newest.date()} with final labels"
+            )
+    return frames
+
+
+def make_classifier(family: str, seed: int):
+    """An unfitted classifier of ``family`` that weighs the rare churn class up."""
+    if family == "logistic_regression":
+        return LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000, random_state=seed)
+    if family == "hist_gradient_boosting":
+        return HistGradientBoostingClassifier(
+            learning_rate=0.06, max_iter=250, max_leaf_nodes=31, l2_regularization=1.0,
+            class_weight="balanced", early_stopping=False, random_state=seed,
+        )
+    raise ValueError(f"unknown model family {family!r}; choose from {list(MODEL_FAMILIES)}")
+
+
+def training_fingerprint(frames: ModelingFrames, spec: FeatureSpec, families: list[str],
+                         seed: int, code_version: str) -> str:
+    """Identifies what a model was trained from: same fingerprint, same model."""
+    digest = hashlib.sha256()
+    for frame in (frames.train, frames.validation):
+        digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    digest.update(repr((spec.to_dict(), sorted(families), seed, code_version)).encode())
+    return digest.hexdigest()
+
+
+def train_challenger(frames: ModelingFrames, spec: FeatureSpec, preprocessor: Pipeline,
+                     families: list[str], seed: int, code_version: str,
+                     trained_at: str) -> tuple[ChurnPredictor, dict[str, dict[str, float]]]:
+    """Fit each family on the train weeks, keep the best on validation ROC AUC, refit it
+    on the whole training window with the fitted ``preprocessor`` frozen.
+
+    Returns the predictor and the validation metrics of every candidate.
+    """
+    frozen = FrozenEstimator(preprocessor)
+    y_train = frames.train[LABEL].to_numpy()
+    y_val = frames.validation[LABEL].to_numpy()
+    candidates = {}
+    for family in families:
+        pipe = Pipeline([("preprocess", frozen), ("classifier", make_classifier(family, seed))])
+        pipe.fit(frames.train, y_train)
+        proba = pipe.predict_proba(frames.validation)[:, 1]
+        candidates[family] = (roc_auc_score(y_val, proba), proba)
+    best = max(candidates, key=lambda f: candidates[f][0])
+    threshold = best_f1_threshold(y_val, candidates[best][1])
+    scores = {f: churn_metrics(y_val, p, threshold if f == best else 0.5) for f, (_, p) in candidates.items()}
+    window = frames.training_window
+    final = Pipeline([("preprocess", frozen), ("classifier", make_classifier(best, seed))])
+    final.fit(window, window[LABEL].to_numpy())
+    predictor = ChurnPredictor(
+        spec=spec, pipeline=final, threshold=threshold, family=best,
+        fingerprint=training_fingerprint(frames, spec, families, seed, code_version),
+        data_window=frames.window(spec), validation_metrics=scores[best],
+        trained_at=trained_at, code_version=code_version,
+    )
+    return predictor, scores

@@ -1,0 +1,1 @@
+"""The Dagster layer: assets, the deployment-gate check, resources, schedules and sensors."""

@@ -1,0 +1,64 @@
+"""Failure alerts: a Slack incoming-webhook message for every failed refresh.
+
+The webhook URL comes from ``CHURN_ASSETS_ALERT_WEBHOOK`` (unset: log only). Posting is
+best effort: the run's failure is already recorded by Dagster, and a dead webhook only
+adds a log line; it never replaces or hides the failure it was reporting.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import requests
+
+WEBHOOK_ENV = "CHURN_ASSETS_ALERT_WEBHOOK"
+log = logging.getLogger("churn_assets.defs.alerts")
+
+
+def failure_reason(error) -> str:
+    """The message of a ``SerializableErrorInfo`` and of its causes.
+
+    After the RetryPolicy gives up, the step's own message is only "Exceeded max_retries";
+    the reason worth alerting on is in the cause.
+    """
+    parts, seen = [], 0
+    while error is not None and seen < 5:
+        message = (error.message or "").strip()
+        if message and message not in parts:
+            parts.append(message)
+        error, seen = error.cause, seen + 1
+    return " <- ".join(parts) or "unknown reason"
+
+
+def slack_message(run_id: str, job: str, step: str | None, reason: str, ui_url: str = "") -> dict:
+    """Slack incoming-webhook JSON (``text`` for notifications, ``blocks`` for layout)."""
+    where = f"step `{step}`" if step else "the run"
+    text = f"churn refresh failed: run {run_id} ({job}), {where}: {reason}"
+    fields = [{"type": "mrkdwn", "text": f"*Run*\n`{run_id}`"},
+              {"type": "mrkdwn", "text": f"*Failing step*\n`{step or '-'}`"}]
+    blocks = [
+        {"type": "header", "text": {"type": "plain_text", "text": "Churn refresh failed"}},
+        {"type": "section", "fields": fields},
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*Reason*\n```{reason[:2500]}```"}},
+    ]
+    if ui_url:
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": ui_url}]})
+    return {"text": text[:3000], "blocks": blocks}
+
+
+def post_alert(payload: dict, url: str | None = None, timeout: float = 5.0) -> bool:
+    """POST ``payload`` to the webhook; True if it was accepted. Never raises."""
+    url = url if url is not None else os.environ.get(WEBHOOK_ENV, "")
+    log.error(payload["text"])  # the log line exists whether or not the webhook works
+    if not url:
+        return False
+    try:
+        response = requests.post(url, json=payload, timeout=timeout)
+        response.raise_for_status()
+        return True
+    except requests.RequestException as exc:
+        # The URL itself may be a secret (Slack webhooks are): name only the env var.
+        log.error("alert webhook (%s) failed: %s; the failure above stands", WEBHOOK_ENV,
+                  type(exc).__name__)
+        return False

@@ -1,0 +1,65 @@
+"""Deployment: promote the challenger in the registry, only on a passing gate verdict."""
+
+import dagster as dg
+
+from churn_assets.core.artifact import ChurnPredictor
+from churn_assets.core.evaluation import EvaluationReport
+from churn_assets.defs.checks import verdict_for, verdict_metadata
+from churn_assets.defs.resources import ChurnStorage, DeploymentGateRules
+
+
+@dg.asset(group_name="churn", kinds={"sklearn"})
+def deployed_model(context: dg.AssetExecutionContext, evaluation_report: EvaluationReport,
+                   churn_model: ChurnPredictor, storage: ChurnStorage,
+                   gate_rules: DeploymentGateRules) -> dg.MaterializeResult:
+    """The production model version in the registry.
+
+    Re-applies the gate itself: a blocking check protects only runs that include it,
+    and ``--select deployed_model`` would not. A challenger trained on exactly the data,
+    config and code of the production model is not registered again.
+    """
+    verdict = verdict_for(evaluation_report, gate_rules)
+    if not verdict.passed:
+        raise dg.Failure(description=f"deployment refused by the gate: {verdict.summary}",
+                         metadata=verdict_metadata(verdict), allow_retries=False)
+    if evaluation_report.challenger_fingerprint != churn_model.fingerprint:
+        raise dg.Failure(description="evaluation_report was computed for a different churn_model;"
+                                     " materialize both together", allow_retries=False)
+    registry = storage.registry()
+    production = registry.production()
+    current = production.version if production else None
+    if current != evaluation_report.champion_version:
+        raise dg.Failure(description=f"production moved from {evaluation_report.champion_version}"
+                                     f" to {current} after evaluation; re-run the evaluation",
+                         allow_retries=False)
+    if production is not None and production.manifest.get("fingerprint") == churn_model.fingerprint:
+        context.log.info(f"challenger is identical to production {current} (same data, config, code);"
+                         " no new version")
+        return dg.MaterializeResult(metadata={"production_version": current, "new_version": False,
+                                              "verdict": verdict.summary})
+    manifest = {
+        "model_family": churn_model.family,
+        "threshold": churn_model.threshold,
+        "metrics": evaluation_report.challenger,
+        "champion_metrics": evaluation_report.champion,
+        "champion_version": current,
+        "validation_metrics": churn_model.validation_metrics,
+        "feature_spec": churn_model.spec.to_dict(),
+        "data_window": evaluation_report.data_window,
+        "holdout_rows": evaluation_report.holdout_rows,
+        "code_version": churn_model.code_version,
+        "fingerprint": churn_model.fingerprint,
+        "trained_at": churn_model.trained_at,
+        "gate": verdict.to_dict(),
+        "run_id": context.run.run_id,
+    }
+    version = registry.register(churn_model, manifest)
+    reason = "bootstrap deploy (floors only)" if verdict.bootstrap else f"passed gate against {current}"
+    pointer = registry.promote(version.version, reason=reason, run_id=context.run.run_id)
+    context.log.info(f"promoted {version.version} to production ({reason})")
+    return dg.MaterializeResult(metadata={
+        "production_version": version.version, "previous_version": str(pointer["previous"]),
+        "new_version": True, "sha256": version.sha256, "reason": reason,
+        "path": dg.MetadataValue.path(str(version.path)), "verdict": verdict.summary,
+        "roc_auc": float(evaluation_report.challenger["roc_auc"]),
+    })

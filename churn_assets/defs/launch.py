@@ -1,0 +1,83 @@
+"""Running one refresh from the command line, as a ``churn_refresh`` run of the instance.
+
+The run is recorded in the persistent instance with the refresh tag, so the schedule,
+the sensors and the run queue see it, and a file lock on the data directory keeps a
+second ``churn-assets materialize`` from starting while it runs (the lock dies with the
+process, so a killed run never leaves it held).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+
+from churn_assets.defs.schedules import REFRESH_TAG, churn_refresh, refresh_in_progress
+
+
+class RefreshBusy(RuntimeError):
+    """Another refresh holds this data directory."""
+
+
+@contextmanager
+def refresh_lock(home: Path):
+    """Hold ``home/.refresh.lock`` exclusively, or raise ``RefreshBusy`` at once."""
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / ".refresh.lock"
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise RefreshBusy(f"a refresh is already running on {home} ({holder}); wait for it"
+                              " to finish (churn-assets dev shows it), then try again") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def refresh_run_config(as_of: str = "", families: list[str] | None = None,
+                       seed: int | None = None) -> dict:
+    """Run config of ``churn_refresh``: the per-run values, never environment variables."""
+    ops: dict = {}
+    if as_of:
+        ops["raw_customers"] = {"config": {"as_of": as_of}}
+    model: dict = {}
+    if families:
+        model["families"] = list(families)
+    if seed is not None:
+        model["seed"] = seed
+    if model:
+        ops["churn_model"] = {"config": model}
+    return {"ops": ops} if ops else {}
+
+
+def refresh_job() -> dg.JobDefinition:
+    """``churn_refresh`` of the current settings (module level, so it is reconstructable)."""
+    from churn_assets.defs.definitions import build_defs
+
+    return build_defs().resolve_job_def(churn_refresh.name)
+
+
+def run_refresh(home: Path, instance: dg.DagsterInstance, run_config: dict,
+                select: str = "*") -> dg.ExecutionResult:
+    """Execute ``churn_refresh`` in this process as a run of ``instance``."""
+    with refresh_lock(home):
+        running = refresh_in_progress(instance)
+        if running:
+            raise RefreshBusy(f"refresh run {running} is queued or running in the instance;"
+                              " wait for it to finish, then try again")
+        selection = None if select in ("*", "") else [dg.AssetKey.from_user_string(k)
+                                                       for k in select.split(",")]
+        return dg.execute_job(dg.reconstructable(refresh_job), instance=instance,
+                              run_config=run_config, tags={REFRESH_TAG: "true"},
+                              asset_selection=selection, raise_on_error=False)

@@ -1,0 +1,69 @@
+"""Model assets: the fitted preprocessing and the retrained challenger."""
+
+import datetime as dt
+
+import dagster as dg
+from sklearn.pipeline import Pipeline
+
+from churn_assets.core.features import build_preprocessor
+from churn_assets.core.markdown import md_table
+from churn_assets.defs.resources import TrainingPlan
+from churn_assets.core.training import MODEL_FAMILIES, ModelingFrames, train_challenger
+from churn_assets.core.code_version import code_version
+
+
+class ModelConfig(dg.Config):
+    """Run config of ``churn_model``."""
+
+    families: list[str] = list(MODEL_FAMILIES)
+    seed: int = 42
+
+
+@dg.asset(group_name="churn", kinds={"sklearn"}, io_manager_key="model_io_manager")
+def fitted_scaler(context: dg.AssetExecutionContext, clean_features: ModelingFrames,
+                  training_plan: TrainingPlan) -> dg.MaterializeResult:
+    """Imputation, one-hot encoding and scaling, fitted on the training window only
+    (never the holdout) and persisted with joblib."""
+    spec = training_plan.feature_spec()
+    window = clean_features.training_window
+    preprocessor = build_preprocessor(spec).fit(window)
+    names = list(preprocessor.get_feature_names_out())
+    one_hot = preprocessor.named_steps["columns"].named_transformers_["categorical"].named_steps["one_hot"]
+    categories = {col: [str(c) for c in cats] for col, cats in zip(spec.categorical_features, one_hot.categories_)}
+    return dg.MaterializeResult(
+        value=preprocessor,
+        metadata={"fitted_rows": len(window), "encoded_features": len(names),
+                  "categories": dg.MetadataValue.json(categories)},
+    )
+
+
+@dg.asset(group_name="churn", kinds={"sklearn"}, io_manager_key="model_io_manager")
+def churn_model(context: dg.AssetExecutionContext, config: ModelConfig,
+                clean_features: ModelingFrames, fitted_scaler: Pipeline,
+                training_plan: TrainingPlan) -> dg.MaterializeResult:
+    """The challenger: every model family retrained on the trailing window, the best on
+    the validation weeks kept, its threshold tuned there, then refit on the whole window."""
+    unknown = sorted(set(config.families) - set(MODEL_FAMILIES))
+    if unknown or not config.families:
+        raise dg.Failure(description=f"churn_model config: unknown model families {unknown or '(none given)'};"
+                                     f" choose from {list(MODEL_FAMILIES)}", allow_retries=False)
+    spec = training_plan.feature_spec()
+    predictor, candidates = train_challenger(
+        clean_features, spec, fitted_scaler, config.families, config.seed, code_version(),
+        trained_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    rows = [{"family": f, "chosen": "yes" if f == predictor.family else "", **m} for f, m in candidates.items()]
+    context.log.info(f"chose {predictor.family} (validation ROC AUC {predictor.validation_metrics['roc_auc']:.4f})")
+    return dg.MaterializeResult(
+        value=predictor,
+        metadata={
+            "model_family": predictor.family,
+            "threshold": predictor.threshold,
+            "validation_roc_auc": predictor.validation_metrics["roc_auc"],
+            "candidates": dg.MetadataValue.md(md_table(rows)),
+            "training_rows": len(clean_features.training_window),
+            "fingerprint": predictor.fingerprint,
+            "code_version": predictor.code_version,
+        },
+    )
+

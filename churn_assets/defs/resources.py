@@ -1,0 +1,122 @@
+"""Dagster resources: storage, the training plan and the deployment gate's rules."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from pyarrow import ArrowException
+from pydantic import Field
+
+from churn_assets.core.gate import DEFAULT_RULES, GateRule
+from churn_assets.core.spec import FeatureSpec, SpecError, load_spec
+from churn_assets.core.training import WindowPlan
+from churn_assets.settings import SourceSettings
+from churn_assets.storage.atomic import atomic_write_bytes
+from churn_assets.storage.history import CustomerHistory
+from churn_assets.storage.registry import ModelRegistry
+from churn_assets.sources.base import CustomerSource
+from churn_assets.sources.file import FileSource
+from churn_assets.sources.http import HttpSource
+from churn_assets.sources.simulator import SimulatorSource
+from churn_assets.sources.sql import SqlSource
+
+
+class ChurnStorage(dg.ConfigurableResource):
+    """The data directory: customer history, landed raw batches and the model registry."""
+
+    home: str
+
+    @property
+    def root(self) -> Path:
+        return Path(self.home).expanduser()
+
+    def history(self) -> CustomerHistory:
+        return CustomerHistory(self.root / "history")
+
+    def registry(self) -> ModelRegistry:
+        return ModelRegistry(self.root / "registry")
+
+    def land(self, records: pd.DataFrame, run_id: str, keep: int = 20) -> Path:
+        """Keep the raw batch as received (for forensics), pruning all but the newest ``keep``."""
+        landing = self.root / "landing"
+        stem = landing / f"batch-{pd.Timestamp.now(tz='UTC'):%Y%m%dT%H%M%S%f}-{run_id[:8]}"
+        buf = io.BytesIO()
+        try:
+            records.to_parquet(buf, index=False)
+            path = stem.with_suffix(".parquet")
+        except (ValueError, TypeError, ArrowException):
+            # A malformed batch (mixed types in a column) still gets kept, as text.
+            buf = io.BytesIO(records.to_csv(index=False).encode())
+            path = stem.with_suffix(".csv")
+        atomic_write_bytes(path, buf.getvalue())
+        for old in sorted(landing.glob("batch-*"))[:-keep]:
+            old.unlink(missing_ok=True)
+        return path
+
+
+class TrainingPlan(dg.ConfigurableResource):
+    """Which feature spec to use and how history is cut into weeks for training."""
+
+    spec: str = "simulator"
+    training_window_weeks: int = 12
+    validation_weeks: int = 2
+    holdout_weeks: int = 2
+
+    def feature_spec(self) -> FeatureSpec:
+        try:
+            return load_spec(self.spec)
+        except SpecError as exc:
+            # A configuration error: retrying the step cannot fix it.
+            raise dg.Failure(description=f"feature spec: {exc}", allow_retries=False) from None
+
+    def window_plan(self) -> WindowPlan:
+        return WindowPlan(self.training_window_weeks, self.validation_weeks, self.holdout_weeks)
+
+
+class GateRuleConfig(dg.Config):
+    metric: str
+    floor: float | None = None
+    max_regression: float | None = None
+
+
+def _default_rules() -> list[GateRuleConfig]:
+    return [GateRuleConfig(metric=r.metric, floor=r.floor, max_regression=r.max_regression)
+            for r in DEFAULT_RULES]
+
+
+class DeploymentGateRules(dg.ConfigurableResource):
+    """Per-metric floors and allowed regressions; shared by the check and the deploy step."""
+
+    rules: list[GateRuleConfig] = Field(default_factory=_default_rules)
+
+    def gate_rules(self) -> tuple[GateRule, ...]:
+        return tuple(GateRule(r.metric, r.floor, r.max_regression) for r in self.rules)
+
+    @classmethod
+    def from_rules(cls, rules) -> DeploymentGateRules:
+        return cls(rules=[GateRuleConfig(metric=r.metric, floor=r.floor,
+                                         max_regression=r.max_regression) for r in rules])
+
+
+def source_from_settings(source: SourceSettings) -> CustomerSource:
+    """The plain source object for a validated ``[source]`` section.
+
+    Secrets stay out of it: the HTTP token and a SQL URL from ``url_env`` are read from
+    their environment variables when the source connects, once per run.
+    """
+    options = source.model_dump(exclude={"kind"}, exclude_none=True)
+    for key in ("as_of", "start_date", "snapshot_end"):
+        if key in options:
+            options[key] = options[key].isoformat()
+    if source.kind == "simulator":
+        return SimulatorSource(**options)
+    if source.kind == "file":
+        return FileSource(**options)
+    if source.kind == "http":
+        return HttpSource(**options)
+    if "path" in options:
+        options["url"] = f"sqlite:///{options.pop('path')}"
+    return SqlSource(**options)

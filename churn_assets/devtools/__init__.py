@@ -1,0 +1,1 @@
+"""Tools for development, tests and benchmarks: the demo customer API, sample models."""

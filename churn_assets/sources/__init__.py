@@ -1,0 +1,1 @@
+"""Where customer records come from: plain classes behind one ``CustomerSource`` interface."""

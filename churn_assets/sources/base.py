@@ -1,0 +1,93 @@
+"""Where new customer records come from: the ``CustomerSource`` interface.
+
+Every source answers one question, "what changed since this watermark?", with a
+``SourceBatch``. The pipeline stores the records, then the watermark, so a failure in
+between re-fetches rather than loses data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+from churn_assets.core.spec import FeatureSpec
+
+
+class SourceError(RuntimeError):
+    """The source could not deliver records; the message says what to fix.
+
+    Permanent: retrying the same request cannot help (bad token, wrong URL, a response
+    that breaks the contract), so the run fails at once.
+    """
+
+
+class TransientSourceError(SourceError):
+    """The source may well answer on a later try (timeouts, 5xx, 429 after the source's
+    own retries ran out); the ingestion asset's ``RetryPolicy`` tries again."""
+
+
+@dataclass(frozen=True)
+class NewRecords:
+    """What a cheap look at the source found past a watermark (for the new-data sensor)."""
+
+    count: int
+    newest: str | None
+
+
+@dataclass
+class SourceBatch:
+    """Records changed since the previous watermark, and the watermark to store after them.
+
+    ``as_of``: the moment the source's data reflects; labels of snapshots within the
+    label horizon of it are still provisional.
+    """
+
+    records: pd.DataFrame
+    watermark: str | None
+    as_of: pd.Timestamp
+    description: str
+
+
+def parse_updated_at(frame: pd.DataFrame, column: str, where: str) -> pd.DataFrame:
+    """``column`` as naive UTC timestamps, so watermarks compare as instants, not text."""
+    if column not in frame.columns:
+        raise SourceError(f"{where}: records have no {column!r} column (the watermark column);"
+                          f" columns are {sorted(frame.columns)[:20]}")
+    try:
+        stamps = pd.to_datetime(frame[column], format="ISO8601", utc=True)
+    except (ValueError, TypeError) as exc:
+        raise SourceError(f"{where}: column {column!r} holds values that are not ISO 8601"
+                          f" timestamps: {exc}") from None
+    frame[column] = stamps.dt.tz_localize(None).astype("datetime64[ns]")
+    return frame
+
+
+def next_watermark(records: pd.DataFrame, column: str, previous: str | None) -> str | None:
+    """The newest ``column`` value of a fetched batch (ISO 8601), or ``previous`` if empty."""
+    return records[column].max().isoformat() if len(records) else previous
+
+
+class CustomerSource(BaseModel):
+    """Base class of customer-record sources: plain, immutable configuration objects.
+
+    ``fetch(spec, watermark, as_of)``: the records changed past ``watermark``. ``as_of``
+    is the run's "today" (Dagster run config); None means the source's own default.
+    The Dagster resource that hands a source to the assets lives in ``defs.resources``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def fetch(self, spec: FeatureSpec, watermark: str | None,
+              as_of: pd.Timestamp | None = None) -> SourceBatch:
+        raise NotImplementedError
+
+    def count_new(self, spec: FeatureSpec, watermark: str | None) -> NewRecords:
+        """How many records changed past ``watermark``; sources override this with a
+        cheaper question (a count query, a count endpoint) than a whole fetch."""
+        batch = self.fetch(spec, watermark)
+        return NewRecords(len(batch.records), batch.watermark if len(batch.records) else None)
+
+    def describe(self) -> str:
+        return type(self).__name__

@@ -1,0 +1,1 @@
+"""Durable state on disk: the customer history and the model registry."""

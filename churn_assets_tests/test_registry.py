@@ -1,11 +1,15 @@
-"""The registry: versions, atomic promotion, rollback, integrity."""
+"""The registry: versions, atomic promotion, rollback, integrity, private files."""
 
 import json
+import os
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from churn_assets.storage.atomic import atomic_write_json, private_mkdir
 from churn_assets.storage.registry import IntegrityError, ModelRegistry, RegistryError
 
 
@@ -82,3 +86,55 @@ def test_cli_rollback_and_versions(tmp_path):
     bad = run("rollback", "--to", "v0042")
     assert bad.returncode == 2 and "no model version 'v0042'" in bad.stderr
     assert ModelRegistry(tmp_path / "registry").production().version == "v0001"
+
+
+# -- 4. private files -------------------------------------------------------------------------
+
+@pytest.fixture(params=[0o022, 0o000], ids=["umask022", "umask000"])
+def umask(request):
+    old = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(old)
+
+
+def modes(root: Path) -> dict:
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            found[str(path.relative_to(root))] = stat.S_IMODE(path.lstat().st_mode)
+    return found
+
+
+def test_registry_files_are_private_whatever_the_umask(tmp_path, umask):
+    registry = registry_with(tmp_path / "home", 3)
+    registry.rollback()
+    listed = modes(tmp_path / "home")
+    assert {"registry", "registry/versions", "registry/versions/v0002/model.joblib",
+            "registry/production.json", "registry/events.jsonl", "registry/.lock"} <= set(listed)
+    for rel, mode in listed.items():
+        want = 0o700 if (tmp_path / "home" / rel).is_dir() else 0o600
+        assert mode == want, f"{rel} is {oct(mode)} under umask {oct(umask)}"
+
+
+def test_atomic_writes_and_private_mkdir_are_private_whatever_the_umask(tmp_path, umask):
+    target = tmp_path / "a" / "b" / "state.json"
+    atomic_write_json(target, {"x": 1})
+    made = private_mkdir(tmp_path / "c" / "d")
+    for path, want in [(tmp_path / "a", 0o700), (tmp_path / "a" / "b", 0o700), (target, 0o600),
+                       (tmp_path / "c", 0o700), (made, 0o700)]:
+        assert stat.S_IMODE(path.stat().st_mode) == want, path
+
+
+def test_an_existing_registry_is_made_private_on_the_next_write(tmp_path):
+    registry = registry_with(tmp_path, 3)
+    for path in (registry.root, registry.versions_dir):
+        path.chmod(0o755)
+    registry.events_path.chmod(0o644)
+    registry.register(TinyModel(4), {})
+    registry.rollback()
+    assert stat.S_IMODE(registry.root.stat().st_mode) == 0o700
+    assert stat.S_IMODE(registry.versions_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(registry.events_path.stat().st_mode) == 0o600

@@ -9,12 +9,20 @@ Layout under the registry root::
 
 A version folder is written under a temporary name and renamed into place, and the
 pointer is replaced with write-then-rename, so a crash never leaves a half-written
-version or pointer. Earlier versions are never deleted.
+version or pointer; leftovers of a killed writer are swept on the next write. Earlier
+versions are never deleted.
+
+Damage stays local: an unreadable old version is skipped (and reported by
+``problems()``) without blocking new registrations, and an unreadable production pointer
+is repaired by promoting or rolling back to a named version, which never needs to read
+the old pointer. Nothing is read or written through a symlink that leaves the registry,
+and everything is private to the owner (0700/0600).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import fcntl
 import hashlib
 import io
@@ -22,15 +30,31 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import joblib
 
-from churn_assets.storage.atomic import atomic_write_json
+from churn_assets.storage.atomic import (
+    append_line,
+    atomic_write_json,
+    clean_stale_temporaries,
+    create_private_file,
+    fsync_dir,
+    private_mkdir,
+)
 
-VERSION_PATTERN = re.compile(r"^v(\d{4,})$")
+# Bounded, so a 10,000-digit name is "no such version" rather than an OSError (name too
+# long) or a ValueError (int() of > 4300 digits). Match with fullmatch: "$" would accept
+# a trailing newline.
+VERSION_PATTERN = re.compile(r"v(\d{4,9})")
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_POINTER_BYTES = 1 << 20
+REPAIR_HINT = ("run `churn-assets versions` to list the versions, then"
+               " `churn-assets rollback --to vNNNN` to point production at one")
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 # Models pickled before the package was split into layers name the old flat modules;
 # they load through these aliases, so an upgrade never strands the production model.
 LEGACY_MODULES = {"churn_assets.artifact": "churn_assets.core.artifact",
@@ -63,6 +87,24 @@ class IntegrityError(RegistryError):
     """A model file does not match the sha256 recorded when it was registered."""
 
 
+class UnknownVersionError(RegistryError):
+    """No version of that name (which includes names that could never be versions)."""
+
+
+class _PathError(RegistryError):
+    def __init__(self, path: Path, reason: str, hint: str = "") -> None:
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: {reason}" + (f"; {hint}" if hint else ""))
+
+
+class CorruptFileError(_PathError):
+    """A registry file (a manifest, the production pointer) cannot be read or parsed."""
+
+
+class UnsafePathError(_PathError):
+    """A symlink leaving the registry, or one the registry would have to write through."""
+
+
 @dataclass(frozen=True)
 class ModelVersion:
     version: str
@@ -90,6 +132,34 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def _shown(value, limit: int = 40) -> str:
+    """repr() cut short: a 10,000-character name must not become a 10,000-character error."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _read_json_object(path: Path, limit: int, hint: str = "") -> dict:
+    """A JSON object from ``path``, or a one-line CorruptFileError naming the file and why."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(limit + 1)
+    except FileNotFoundError:
+        raise CorruptFileError(path, "is missing", hint) from None
+    except OSError as exc:
+        raise CorruptFileError(path, f"cannot be read ({exc.strerror or exc})", hint) from None
+    if len(raw) > limit:
+        raise CorruptFileError(path, f"is larger than {limit} bytes, so the registry did not write it", hint)
+    if not raw.strip():
+        raise CorruptFileError(path, "is empty", hint)
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise CorruptFileError(path, f"is not valid JSON ({exc})", hint) from None
+    if not isinstance(data, dict):
+        raise CorruptFileError(path, f"holds a JSON {type(data).__name__}, not an object", hint)
+    return data
+
+
 class ModelRegistry:
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
@@ -97,37 +167,131 @@ class ModelRegistry:
         self.pointer_path = self.root / "production.json"
         self.events_path = self.root / "events.jsonl"
 
+    # -- path safety ---------------------------------------------------------------------
+    def _inside(self, path: Path, what: str) -> None:
+        """Refuse ``path`` if it resolves outside the registry: a symlink planted there
+        would make the registry list, verify and unpickle a file from anywhere."""
+        try:
+            root, target = self.root.resolve(), path.resolve()
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+            raise UnsafePathError(path, f"{what} cannot be resolved ({exc})") from None
+        if target != root and not target.is_relative_to(root):
+            raise UnsafePathError(path, f"{what} resolves to {target}, outside the registry {root};"
+                                        " refusing to use it")
+
+    def _refuse_symlink(self, path: Path, what: str) -> None:
+        if path.is_symlink():
+            raise UnsafePathError(path, f"{what} is a symlink (to {os.readlink(path)}); the registry"
+                                        " never makes one and will not read or write through it;"
+                                        f" remove it, then {REPAIR_HINT}")
+
+    def _open_private(self, path: Path, flags: int) -> int:
+        """os.open without following a symlink at ``path``; new files are 0600."""
+        try:
+            fd = os.open(path, flags | os.O_CREAT | _NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafePathError(path, "is a symlink; the registry will not write through it;"
+                                            " remove it and retry") from None
+            raise
+        try:
+            os.fchmod(fd, 0o600)  # a file from before files were kept private
+        except PermissionError:
+            pass  # not ours to change; writing to it still works
+        return fd
+
+    def _prepare(self) -> None:
+        private_mkdir(self.root, tighten=True)
+        self._inside(self.versions_dir, "versions/")
+        private_mkdir(self.versions_dir, tighten=True)
+
     @contextmanager
     def _lock(self):
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+        private_mkdir(self.root, tighten=True)
+        fd = self._open_private(self.root / ".lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    # -- reading ---------------------------------------------------------------------------
+    def _read_version(self, name: str) -> ModelVersion:
+        path = self.versions_dir / name
+        self._inside(path, f"version folder {name}")
+        manifest_path = path / "manifest.json"
+        self._inside(manifest_path, f"{name}/manifest.json")
+        self._inside(path / "model.joblib", f"{name}/model.joblib")
+        manifest = _read_json_object(manifest_path, MAX_MANIFEST_BYTES,
+                                     f"version {name} cannot be used; other versions are unaffected")
+        sha = manifest.get("sha256")
+        if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise CorruptFileError(manifest_path, f"has no valid 'sha256' ({_shown(sha)}), so {name}'s"
+                                                  " model cannot be verified; version skipped")
+        return ModelVersion(name, path, manifest)
+
+    def _scan(self) -> tuple[list[ModelVersion], list[RegistryError], int]:
+        """(readable versions oldest first, one error per damaged version, highest number used)."""
+        if not os.path.lexists(self.versions_dir):
+            return [], [], 0
+        try:
+            self._inside(self.versions_dir, "versions/")
+        except UnsafePathError as exc:  # reported, not listed; register() refuses it
+            return [], [exc], 0
+        good, problems, highest = [], [], 0
+        with os.scandir(self.versions_dir) as entries:
+            names = [entry.name for entry in entries]
+        for name in names:
+            match = VERSION_PATTERN.fullmatch(name)
+            if match is None:
+                continue
+            # Damaged versions count too: their number is never handed out again.
+            highest = max(highest, int(match.group(1)))
             try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+                good.append(self._read_version(name))
+            except RegistryError as exc:
+                problems.append(exc)
+        good.sort(key=lambda v: int(v.version[1:]))
+        problems.sort(key=str)
+        return good, problems, highest
 
     def versions(self) -> list[ModelVersion]:
-        """All registered versions, oldest first."""
-        if not self.versions_dir.exists():
-            return []
-        found = []
-        for path in self.versions_dir.iterdir():
-            if VERSION_PATTERN.match(path.name) and (path / "manifest.json").exists():
-                found.append(ModelVersion(path.name, path, json.loads((path / "manifest.json").read_text())))
-        return sorted(found, key=lambda v: int(v.version[1:]))
+        """All readable versions, oldest first; damaged ones are skipped (see ``problems()``)."""
+        return self._scan()[0]
+
+    def problems(self) -> list[RegistryError]:
+        """Why anything is unreadable: one error per damaged version folder, plus one for a
+        production pointer that is unreadable or names no readable version. Each message is
+        one line naming the file. Empty for a healthy registry."""
+        problems = self._scan()[1]
+        try:
+            self.production()
+        except RegistryError as exc:
+            if str(exc) not in map(str, problems):
+                problems.append(exc)
+        return problems
 
     def get(self, version: str) -> ModelVersion:
-        path = self.versions_dir / version
-        if not VERSION_PATTERN.match(version) or not (path / "manifest.json").exists():
-            known = [v.version for v in self.versions()]
-            raise RegistryError(f"no model version {version!r} in {self.root}; known: {known}")
-        return ModelVersion(version, path, json.loads((path / "manifest.json").read_text()))
+        """The version named ``version``: UnknownVersionError if there is none, CorruptFileError
+        or UnsafePathError if its folder is damaged or leaves the registry."""
+        if (isinstance(version, str) and VERSION_PATTERN.fullmatch(version)
+                and os.path.lexists(self.versions_dir / version)):
+            return self._read_version(version)
+        known = [v.version for v in self.versions()]
+        raise UnknownVersionError(f"no model version {_shown(version)} in {self.root}; known: {known}")
 
     def production_pointer(self) -> dict | None:
-        if not self.pointer_path.exists():
+        """The pointer, None before the first promotion; an unreadable pointer raises a
+        CorruptFileError naming production.json and how to repair it."""
+        path = self.pointer_path
+        self._refuse_symlink(path, "production.json")
+        if not os.path.lexists(path):
             return None
-        return json.loads(self.pointer_path.read_text())
+        pointer = _read_json_object(path, MAX_POINTER_BYTES, REPAIR_HINT)
+        version = pointer.get("version")
+        if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):
+            raise CorruptFileError(path, f"names no version ('version' is {_shown(version)})", REPAIR_HINT)
+        return pointer
 
     def production(self) -> ModelVersion | None:
         pointer = self.production_pointer()
@@ -139,6 +303,7 @@ class ModelRegistry:
         The bytes that are hashed are the bytes that are unpickled, so the file cannot be
         swapped between the check and the load.
         """
+        self._inside(version.artifact_path, f"{version.version}/model.joblib")
         try:
             payload = version.artifact_path.read_bytes()
         except FileNotFoundError:
@@ -152,27 +317,41 @@ class ModelRegistry:
         with _legacy_module_names():
             return joblib.load(io.BytesIO(payload))
 
+    # -- writing ---------------------------------------------------------------------------
     def register(self, predictor, manifest: dict) -> ModelVersion:
         """Store ``predictor`` as the next version (not yet in production)."""
-        self.versions_dir.mkdir(parents=True, exist_ok=True)
-        staging = self.versions_dir / f".staging-{os.getpid()}-{dt.datetime.now().timestamp():.0f}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
+        self._prepare()
+        clean_stale_temporaries(self.versions_dir)
+        # mkdtemp: a fresh 0700 folder whose name carries our PID for clean_stale_temporaries.
+        staging = Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-", dir=self.versions_dir))
         try:
-            joblib.dump(predictor, staging / "model.joblib")
-            with open(staging / "model.joblib", "rb+") as fh:
+            artifact = staging / "model.joblib"
+            with create_private_file(artifact) as fh:
+                joblib.dump(predictor, fh)
+                fh.flush()
                 os.fsync(fh.fileno())
             with self._lock():
-                existing = [int(v.version[1:]) for v in self.versions()]
-                version = f"v{(max(existing) + 1 if existing else 1):04d}"
-                body = dict(manifest, version=version, sha256=file_sha256(staging / "model.joblib"),
-                            registered_at=_now())
+                version = f"v{self._scan()[2] + 1:04d}"
+                body = dict(manifest, version=version, sha256=file_sha256(artifact), registered_at=_now())
                 atomic_write_json(staging / "manifest.json", body)
-                os.rename(staging, self.versions_dir / version)
+                target = self.versions_dir / version
+                if os.path.lexists(target):  # renaming onto an empty folder would succeed silently
+                    raise RegistryError(f"{target} already exists; not registering over it")
+                os.rename(staging, target)
+                fsync_dir(self.versions_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return self.get(version)
+
+    def _previous_version(self) -> tuple[str | None, dict]:
+        """The version production points at now, tolerating a damaged pointer: repairing it
+        is what promote/rollback are for, so they must not need to read it."""
+        try:
+            pointer = self.production_pointer()
+        except CorruptFileError as exc:
+            return None, {"replaced_unreadable_pointer": exc.reason}
+        return (pointer["version"] if pointer else None), {}
 
     def promote(self, version: str, reason: str, run_id: str | None = None) -> dict:
         """Point production at ``version`` atomically and log the event."""
@@ -180,22 +359,36 @@ class ModelRegistry:
         if not target.artifact_path.exists() or file_sha256(target.artifact_path) != target.sha256:
             raise IntegrityError(f"{version}: model.joblib is missing or altered; not promoting it")
         with self._lock():
-            previous = self.production_pointer()
-            pointer = {"version": version, "sha256": target.sha256, "promoted_at": _now(),
-                       "previous": previous["version"] if previous else None,
-                       "reason": reason, "run_id": run_id}
-            atomic_write_json(self.pointer_path, pointer)
-            with open(self.events_path, "a") as fh:
-                fh.write(json.dumps({"event": "promote", **pointer}) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+            clean_stale_temporaries(self.root)
+            self._refuse_symlink(self.pointer_path, "production.json")
+            previous, note = self._previous_version()
+            # Opened before the pointer moves, so a refused events.jsonl changes nothing.
+            events = self._open_private(self.events_path, os.O_RDWR | os.O_APPEND)
+            try:
+                pointer = {"version": version, "sha256": target.sha256, "promoted_at": _now(),
+                           "previous": previous, "reason": reason, "run_id": run_id}
+                atomic_write_json(self.pointer_path, pointer)
+                append_line(events, json.dumps({"event": "promote", **pointer, **note}))
+            finally:
+                os.close(events)
         return pointer
 
     def rollback(self, to: str | None = None) -> dict:
-        """Move production back to ``to``, or by default to the newest version older than it."""
-        current = self.production_pointer()
+        """Move production back to ``to``, or by default to the newest version older than it.
+
+        With ``to`` this also repairs a missing, empty or unreadable production pointer.
+        """
+        try:
+            current = self.production_pointer()
+        except CorruptFileError as exc:
+            if to is None:
+                raise CorruptFileError(exc.path, exc.reason, "the version to roll back from is unknown;"
+                                       f" {REPAIR_HINT}") from None
+            return self.promote(to, reason=f"repair: production.json {exc.reason}")
         if current is None:
-            raise RegistryError("nothing is in production yet; there is nothing to roll back")
+            if to is None:
+                raise RegistryError("nothing is in production yet; there is nothing to roll back")
+            return self.promote(to, reason="repair: production.json was missing")
         if to is None:
             older = [v.version for v in self.versions() if int(v.version[1:]) < int(current["version"][1:])]
             if not older:

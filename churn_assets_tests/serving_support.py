@@ -122,22 +122,29 @@ def wait_for(condition, timeout: float = 20, interval: float = 0.05, what: str =
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def _server_preexec(fd_soft_limit: int | None) -> None:
+    # Started with SIGTERM ignored, as processes here may be: the server must cope.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if fd_soft_limit is not None:  # e.g. the common default of 1024, to reproduce fd exhaustion
+        import resource
+        resource.setrlimit(resource.RLIMIT_NOFILE, (fd_soft_limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+
 class ServerProcess:
     """``churn-assets serve`` in its own process group, stopped for sure by ``stop``."""
 
     def __init__(self, registry_root: Path, log_path: Path, workers: int = 2, env: dict | None = None,
-                 poll_seconds: float = 0.2):
+                 poll_seconds: float = 0.2, args: list[str] | None = None, fd_soft_limit: int | None = None):
         self.port = free_port()
         self.log_path = log_path
         command = [sys.executable, "-m", "churn_assets.cli", "serve", "--host", "127.0.0.1",
                    "--port", str(self.port), "--workers", str(workers), "--registry", str(registry_root),
-                   "--poll-seconds", str(poll_seconds)]
+                   "--poll-seconds", str(poll_seconds), *(args or [])]
         self.log_file = open(log_path, "wb")
-        # Started with SIGTERM ignored, as processes here may be: the server must cope.
         self.process = subprocess.Popen(
             command, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, **(env or {})},
-            preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN))
+            env={**os.environ, **(env or {})}, cwd=log_path.parent,  # not the repo: PYTHONPATH decides
+            preexec_fn=lambda: _server_preexec(fd_soft_limit))
 
     def wait_healthy(self, timeout: float = 30) -> None:
         def healthy():
@@ -168,3 +175,151 @@ class ServerProcess:
             self.process.wait(timeout=10)
             self.log_file.close()
         return graceful
+
+
+SLOW_KINDS = {
+    # kind: (what is sent at once, what is then trickled one byte per tick)
+    "slow_body": (b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 1000000\r\n\r\n{", b" "),
+    "slow_headers": (b"POST /predict HTTP/1.1\r\nHost: t\r\n", b"X"),
+    "idle": (b"", b""),
+    # FastAPI answers 405 without reading the body: only the protocol's backstop ends it.
+    "slow_body_other_path": (b"POST /health HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n", b" "),
+}
+
+
+class SlowClients:
+    """Raw loopback sockets that send part of a request and then one byte per ``tick``,
+    all driven by one thread; records what each received and when the server closed it."""
+
+    def __init__(self, port: int, counts: dict[str, int], tick: float = 0.5, limit: float = 60):
+        import selectors
+        import threading
+        self.tick = tick
+        self.limit = limit  # seconds after which the thread stops, whatever is still open
+        self.selector = selectors.DefaultSelector()
+        self.clients: list[dict] = []
+        for kind, count in counts.items():
+            opening, _ = SLOW_KINDS[kind]
+            for _ in range(count):
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                if opening:
+                    sock.sendall(opening)
+                sock.setblocking(False)
+                client = {"kind": kind, "sock": sock, "received": b"", "closed_after": None}
+                self.clients.append(client)
+                self.selector.register(sock, selectors.EVENT_READ, client)
+        self.started = time.monotonic()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> SlowClients:
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        next_tick = time.monotonic() + self.tick
+        while any(c["closed_after"] is None for c in self.clients):
+            now = time.monotonic()
+            if now - self.started > self.limit:
+                break
+            if now >= next_tick:
+                next_tick += self.tick
+                for c in self.clients:
+                    trickle = SLOW_KINDS[c["kind"]][1]
+                    if c["closed_after"] is None and trickle:
+                        try:
+                            c["sock"].send(trickle)
+                        except OSError:
+                            pass  # closed by the server: the read side records when
+            for key, _ in self.selector.select(timeout=max(0.0, min(0.05, next_tick - time.monotonic()))):
+                c = key.data
+                try:
+                    data = c["sock"].recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if data:
+                    c["received"] += data
+                else:
+                    c["closed_after"] = time.monotonic() - self.started
+                    self.selector.unregister(c["sock"])
+                    c["sock"].close()
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout)
+
+    def close(self) -> None:
+        for c in self.clients:
+            if c["closed_after"] is None:
+                try:
+                    self.selector.unregister(c["sock"])
+                except (KeyError, ValueError):
+                    pass
+                c["sock"].close()
+        self.selector.close()
+
+    def of(self, kind: str) -> list[dict]:
+        return [c for c in self.clients if c["kind"] == kind]
+
+
+class HealthyClients:
+    """Threads posting one valid record over keep-alive connections, timing each answer."""
+
+    def __init__(self, port: int, record: dict, threads: int = 2, headers: dict | None = None,
+                 fresh_connections: bool = False):
+        import threading
+        self.port = port
+        self.fresh = fresh_connections  # a new connection per request (needs accept() to work)
+        self.body = json.dumps(record).encode()
+        self.headers = {"Content-Type": "application/json", **(headers or {})}
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        while not self.stop.is_set():
+            start = time.perf_counter()
+            try:
+                conn.request("POST", "/predict", body=self.body, headers=self.headers)
+                response = conn.getresponse()
+                response.read()
+                status = response.status
+                if self.fresh:
+                    conn.close()
+            except Exception as exc:  # a failed request is what the callers look for
+                status = type(exc).__name__
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            elapsed = time.perf_counter() - start
+            with self.lock:
+                if status == 200:
+                    self.latencies.append(elapsed)
+                else:
+                    self.failures.append(str(status))
+        conn.close()
+
+    def __enter__(self) -> HealthyClients:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=15)
+
+    def take(self) -> tuple[list[float], list[str]]:
+        """The latencies and failures so far, and start afresh."""
+        with self.lock:
+            taken = self.latencies, self.failures
+            self.latencies, self.failures = [], []
+        return taken
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]

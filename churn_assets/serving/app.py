@@ -3,6 +3,8 @@
 Endpoints: ``POST /predict``, ``GET /health``, ``GET /ready``, ``GET /model`` and the
 OpenAPI document (``/openapi.json``, ``/docs``), whose /predict request schema is
 generated from the feature spec of the model being served and follows it on reload.
+``/docs`` works offline: the Swagger UI files are served from the installed
+``swagger-ui-bundle`` package under ``/static/swagger-ui/``, not from a CDN.
 
 /predict is served by ``predict_endpoint.PredictFrontDoor`` in front of FastAPI, with
 the record checks of ``schema.py`` instead of a pydantic body model: both are far
@@ -17,15 +19,36 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import orjson
+import swagger_ui_bundle
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import Response
+from fastapi.responses import HTMLResponse, Response
+from starlette.staticfiles import StaticFiles
 
 from churn_assets.serving.model_store import ModelStore
 from churn_assets.serving.predict_endpoint import PredictFrontDoor
 from churn_assets.serving.schema import BATCH_KEY
 
 TOKEN_ENV = "CHURN_ASSETS_API_TOKEN"
+SWAGGER_UI = "/static/swagger-ui"
+ENV_PREFIX = "CHURN_ASSETS_SERVE_"
+
+
+def _env_number(env, name: str, kind: type, default, minimum):
+    """A number from CHURN_ASSETS_SERVE_<name>; a bad value names the variable."""
+    raw = env.get(ENV_PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        from churn_assets.settings import SettingsError  # a ValueError that the CLI prints as one line
+        raise SettingsError(f"{ENV_PREFIX}{name}={raw!r}: must be {'an integer' if kind is int else 'a number'}"
+                         f" >= {minimum}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -36,7 +59,9 @@ class ServeConfig:
     max_batch: int = 10_000
     max_body_bytes: int = 16 * 1024 * 1024
     poll_seconds: float = 0.5
-    api_token: str | None = None  # None or empty: /predict is open
+    api_token: str | None = None  # None or empty: only /health and /ready are open anyway
+    body_timeout: float = 30.0  # seconds from the headers to the last body byte (else 408)
+    max_inflight_body_bytes: int = 256 * 1024 * 1024  # bodies being received at once, per worker
 
     @classmethod
     def from_env(cls, environ: dict | None = None) -> ServeConfig:
@@ -46,10 +71,13 @@ class ServeConfig:
             from churn_assets.settings import load_settings
             root = str(load_settings(env).home / "registry")
         return cls(registry_root=root,
-                   max_batch=int(env.get("CHURN_ASSETS_SERVE_MAX_BATCH", cls.max_batch)),
-                   max_body_bytes=int(env.get("CHURN_ASSETS_SERVE_MAX_BODY_BYTES", cls.max_body_bytes)),
-                   poll_seconds=float(env.get("CHURN_ASSETS_SERVE_POLL_SECONDS", cls.poll_seconds)),
-                   api_token=env.get(TOKEN_ENV) or None)
+                   max_batch=_env_number(env, "MAX_BATCH", int, cls.max_batch, 1),
+                   max_body_bytes=_env_number(env, "MAX_BODY_BYTES", int, cls.max_body_bytes, 1),
+                   poll_seconds=_env_number(env, "POLL_SECONDS", float, cls.poll_seconds, 0.01),
+                   api_token=env.get(TOKEN_ENV) or None,
+                   body_timeout=_env_number(env, "BODY_TIMEOUT", float, cls.body_timeout, 0.1),
+                   max_inflight_body_bytes=_env_number(env, "MAX_INFLIGHT_BODY_BYTES", int,
+                                                       cls.max_inflight_body_bytes, 1))
 
 
 def json_response(content: object, status: int = 200, headers: dict | None = None) -> Response:
@@ -73,9 +101,19 @@ def create_app(config: ServeConfig, store: ModelStore | None = None) -> PredictF
         finally:
             store.stop()
 
-    app = FastAPI(title="churn-assets prediction API", lifespan=lifespan,
+    app = FastAPI(title="churn-assets prediction API", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Churn probability of customers from the production model in the registry.")
     app.state.store = store
+    # The docs page must render on a machine without internet: Swagger UI's files come
+    # from the swagger-ui-bundle package, served by this server (ReDoc has no local copy).
+    app.mount(SWAGGER_UI, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs",
+                                   swagger_js_url=f"{SWAGGER_UI}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{SWAGGER_UI}/swagger-ui.css",
+                                   swagger_favicon_url=f"{SWAGGER_UI}/favicon-32x32.png")
 
     @app.get("/health", summary="The process is alive")
     async def health():
@@ -104,10 +142,12 @@ def create_app(config: ServeConfig, store: ModelStore | None = None) -> PredictF
             "feature_spec": model.predictor.spec.to_dict(), "code_version": model.predictor.code_version,
             "promoted_at": model.pointer.get("promoted_at"), "registered_at": m.get("registered_at"),
             "required_fields": sorted(model.schema.required), "fast_path": model.compiled is not None,
-            "max_batch": config.max_batch})
+            "max_batch": config.max_batch,
+            "artifact_on_disk": {"matches_registry": store.disk_problem is None, "problem": store.disk_problem}})
 
     app.openapi = lambda: openapi_document(app, store, config)
-    return PredictFrontDoor(app, store, config.max_body_bytes, config.api_token)
+    return PredictFrontDoor(app, store, config.max_body_bytes, config.api_token, config.body_timeout,
+                            config.max_inflight_body_bytes)
 
 
 def openapi_document(app: FastAPI, store: ModelStore, config: ServeConfig) -> dict:
@@ -135,9 +175,12 @@ def openapi_document(app: FastAPI, store: ModelStore, config: ServeConfig) -> di
     operation["security"] = [{"bearer": []}] if config.api_token else []
     if config.api_token:
         document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-    for status, text in (("401", "missing or wrong bearer token"), ("413", "body or batch over the limit"),
-                         ("422", "each bad row and field: {row, field, message}"),
-                         ("503", "no production model loaded")):
+    for status, text in (("401", "missing or wrong bearer token"),
+                         ("408", "the body did not arrive within the body timeout"),
+                         ("413", "body or batch over the limit"),
+                         ("415", "Content-Type is not application/json"),
+                         ("422", "each bad row and field (or duplicate key): {row, field, message}"),
+                         ("503", "no production model loaded, or the worker is receiving too many bodies")):
         operation["responses"][status] = {"description": text}
     app.state.openapi_cache = (version, document)
     return document

@@ -13,7 +13,10 @@ sha256 compared with the manifest's and the pointer's, and only those same bytes
 are unpickled (no window between checking the file and loading it). A missing,
 truncated or altered artifact is refused; the previous model keeps serving and
 ``problem`` says why (``/ready`` reports it, the log has it). A refused version is
-retried when the pointer or the artifact file changes.
+retried when the pointer or the artifact file changes. When the artifact of the version
+being served changes on disk (someone replaced model.joblib), it is hashed again: a
+mismatch with the registry's sha256 is reported as ``disk_problem`` (``/ready`` says
+degraded, ``/model`` says which file) while the verified copy in memory keeps serving.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from churn_assets.core.artifact import ChurnPredictor
-from churn_assets.storage.registry import ModelRegistry, RegistryError
+from churn_assets.storage.registry import ModelRegistry, RegistryError, file_sha256
 from churn_assets.serving.fast_path import CompiledChurnModel, EncodedRecords, Uncompilable
 from churn_assets.serving.schema import RecordSchema
 
@@ -108,7 +111,8 @@ class ModelStore:
         self.max_batch = max_batch
         self.poll_seconds = poll_seconds
         self.current: ServingModel | None = None
-        self.problem: str | None = None  # why the pointer's version is not the one serving
+        self.load_problem: str | None = None  # why the pointer's version is not the one serving
+        self.disk_problem: str | None = None  # the served version's file no longer matches
         self._seen: tuple | None = None  # (pointer stat, artifact stat) last acted upon
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -121,7 +125,7 @@ class ModelStore:
             if pointer_key is None:
                 self._seen = None
                 if self.current is None:
-                    self.problem = "no production model deployed yet"
+                    self.load_problem = "no production model deployed yet"
                 return
             wanted = self._pointer_target()
             seen = (pointer_key, self._artifact_key(wanted))
@@ -148,7 +152,8 @@ class ModelStore:
         if (self.current is not None and self.current.version == pointer.get("version")
                 and self.current.sha256 == pointer.get("sha256")):
             self.current = replace(self.current, pointer=pointer)
-            self.problem = None
+            self.load_problem = None
+            self.disk_problem = self._disk_mismatch(self.current)
             return
         started = time.perf_counter()
         try:
@@ -157,7 +162,7 @@ class ModelStore:
             self._refuse(f"{type(exc).__name__}: {exc}", serving)
             return
         self.current = model  # the single atomic publish
-        self.problem = None
+        self.load_problem = self.disk_problem = None
         # Move everything alive now (imported modules, the model) out of the cyclic
         # GC's reach: a full collection over the ~250k objects of a serving process
         # takes ~130 ms and stalled requests at random. Refcounting still frees the
@@ -170,8 +175,39 @@ class ModelStore:
 
     def _refuse(self, reason: str, serving: str | None) -> None:
         still = f"still serving {serving}" if serving else "no model is being served"
-        self.problem = f"cannot load the production version: {reason}; {still}"
-        log.error("%s", self.problem)
+        self.load_problem = f"cannot load the production version: {reason}; {still}"
+        log.error("%s", self.load_problem)
+
+    def _disk_mismatch(self, model: ServingModel) -> str | None:
+        """Why the served version's artifact on disk differs from the registry's, or None.
+
+        Only called when the file's stat changed, so the hash is rare work. The model in
+        memory was verified when it was loaded and stays safe to serve; what breaks is
+        the next load of this version (a restart, another worker), hence the warning.
+        """
+        path = self.registry.versions_dir / model.version / "model.joblib"
+        try:
+            actual = file_sha256(path)
+        except OSError as exc:
+            actual = None
+            found = f"cannot be read ({type(exc).__name__})"
+        else:
+            found = f"has sha256 {actual[:12]}…"
+        if actual == model.sha256:
+            if self.disk_problem:
+                log.info("%s: model.joblib on disk matches the registry again", model.version)
+            return None
+        message = (f"{model.version}: model.joblib on disk {found}, not the registered"
+                   f" {model.sha256[:12]}…; still serving the copy verified at load, but a"
+                   " restart would refuse it")
+        log.error("%s", message)
+        return message
+
+    @property
+    def problem(self) -> str | None:
+        """Everything that is wrong, for /ready; None when all is well."""
+        problems = [p for p in (self.load_problem, self.disk_problem) if p]
+        return "; ".join(problems) or None
 
     # -- background polling --------------------------------------------------------------
     def start(self) -> None:

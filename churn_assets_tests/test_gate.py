@@ -1,10 +1,15 @@
 """Gate rules as pure functions."""
 
+import dataclasses
 import math
 
+import numpy as np
 import pytest
 
 from churn_assets.core.gate import DEFAULT_RULES, GateRule, evaluate_gate
+from churn_assets.core.uncertainty import delong_test, paired_bootstrap
+from churn_assets.defs.resources import DeploymentGateRules
+from churn_assets.settings import CONFIG_ENV, Settings, SettingsError, load_settings
 
 GOOD = {"roc_auc": 0.80, "pr_auc": 0.45, "brier_score": 0.12, "log_loss": 0.40, "f1": 0.5,
         "accuracy": 0.8, "precision": 0.4, "recall": 0.6}
@@ -66,3 +71,147 @@ def test_rule_validation():
         GateRule("roc_auc")
     with pytest.raises(ValueError, match="no rules"):
         evaluate_gate(GOOD, None, [])
+
+
+# --- noninferiority: real scores, real DeLong comparisons -------------------------------
+
+def scored_holdout(n: int = 5000, seed: int = 0):
+    """Labels and three models' scores on the same rows: the champion, a challenger that
+    is the champion plus a little noise (tied), one that lost much of the signal."""
+    rng = np.random.default_rng(seed)
+    signal = rng.normal(size=n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(2.0 * signal - 2.0)))).astype(int)
+    champion = signal + rng.normal(scale=0.8, size=n)
+    tied = champion + rng.normal(scale=0.05, size=n)
+    worse = signal + rng.normal(scale=1.6, size=n)
+    return y, champion, tied, worse
+
+
+def gate_on_scores(y, challenger, champion, rule):
+    diff = delong_test(y, challenger, champion)
+    return diff, evaluate_gate({rule.metric: diff.challenger}, {rule.metric: diff.champion}, [rule],
+                               comparisons={rule.metric: dataclasses.asdict(diff)})
+
+
+NONINFERIOR = GateRule("roc_auc", floor=0.6, max_regression=0.005, mode="noninferiority")
+
+
+def test_noninferiority_refuses_a_clear_drop_and_accepts_a_tie():
+    y, champion, tied, worse = scored_holdout()
+    diff, verdict = gate_on_scores(y, worse, champion, NONINFERIOR)
+    assert diff.difference < -0.04 and diff.one_sided_high < -0.005  # really worse
+    assert not verdict.passed and "clearly worse" in verdict.summary
+    assert f"regressed by {-diff.difference:.4f} vs champion {diff.champion:.4f}" in verdict.summary
+    outcome = verdict.outcomes[0]
+    assert outcome.mode == "noninferiority" and outcome.confidence == 0.95
+    diff, verdict = gate_on_scores(y, tied, champion, NONINFERIOR)
+    assert abs(diff.difference) < 0.005
+    assert verdict.passed and "within" in verdict.outcomes[0].reason
+
+
+def test_noninferiority_passes_a_drop_within_noise_that_the_point_rule_refuses():
+    # 400 rows: a challenger no better or worse in truth (noise of the same size as the
+    # champion's, drawn afresh), measured about 0.011 lower on these rows.
+    rng = np.random.default_rng(11)
+    n = 400
+    signal = rng.normal(size=n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(2.0 * signal - 1.0)))).astype(int)
+    champion = signal + rng.normal(scale=0.8, size=n)
+    challenger = signal + rng.normal(scale=0.8, size=n)
+    diff = delong_test(y, challenger, champion)
+    assert -0.03 < diff.difference < -0.006, diff.difference
+    _, verdict = gate_on_scores(y, challenger, champion, NONINFERIOR)
+    assert verdict.passed and "within noise" in verdict.outcomes[0].reason
+    _, point = gate_on_scores(y, challenger, champion, GateRule("roc_auc", max_regression=0.005))
+    assert not point.passed and "regressed by" in point.summary
+
+
+def test_noninferiority_without_a_comparison_fails_closed():
+    rules = [NONINFERIOR]
+    for comparisons in (None, {}, {"pr_auc": {}}):
+        verdict = evaluate_gate({"roc_auc": 0.8}, {"roc_auc": 0.8}, rules, comparisons=comparisons)
+        assert not verdict.passed and "no paired comparison for roc_auc" in verdict.summary
+    undefined = dataclasses.asdict(delong_test(np.zeros(10, int), np.arange(10.0), np.arange(10.0)))
+    verdict = evaluate_gate({"roc_auc": 0.8}, {"roc_auc": 0.8}, rules, comparisons={"roc_auc": undefined})
+    assert not verdict.passed and "undefined" in verdict.summary
+
+
+def test_noninferiority_keeps_floors_and_bootstrap_needs_no_comparison():
+    y, champion, tied, _ = scored_holdout()
+    high_floor = GateRule("roc_auc", floor=0.99, max_regression=0.005, mode="noninferiority")
+    _, verdict = gate_on_scores(y, tied, champion, high_floor)
+    assert not verdict.passed and "below the floor 0.99" in verdict.summary
+    bootstrap = evaluate_gate({"roc_auc": 0.8}, None, [NONINFERIOR])
+    assert bootstrap.passed and bootstrap.bootstrap
+
+
+def test_confidence_of_rule_and_comparison():
+    y, champion, _, worse = scored_holdout(n=1500, seed=3)
+    at_95 = delong_test(y, worse, champion, confidence=0.95)
+    at_99 = delong_test(y, worse, champion, confidence=0.99)
+    rule_99 = GateRule("roc_auc", max_regression=0.005, mode="noninferiority", confidence=0.99)
+    metrics = ({"roc_auc": at_95.challenger}, {"roc_auc": at_95.champion})
+    # DeLong carries its standard error: the rule's level is recomputed exactly.
+    recomputed = evaluate_gate(*metrics, [rule_99], comparisons={"roc_auc": at_95.to_dict()})
+    direct = evaluate_gate(*metrics, [rule_99], comparisons={"roc_auc": at_99.to_dict()})
+    assert recomputed.outcomes[0].reason == direct.outcomes[0].reason
+    assert recomputed.outcomes[0].confidence == 0.99
+    # A bootstrap interval cannot be re-cut: decided at its own level, and said so.
+    boot = paired_bootstrap(y, 1 / (1 + np.exp(-worse)), 1 / (1 + np.exp(-champion)),
+                            metrics=("roc_auc",), n_resamples=200, confidence=0.95)["roc_auc"]
+    verdict = evaluate_gate(*metrics, [rule_99], comparisons={"roc_auc": boot.to_dict()})
+    assert "computed at 0.95 confidence, the rule asks 0.99; decided at 0.95" in verdict.outcomes[0].reason
+    assert verdict.outcomes[0].confidence == 0.95
+
+
+def test_noninferiority_rule_validation():
+    with pytest.raises(ValueError, match="mode 'strict'"):
+        GateRule("roc_auc", max_regression=0.005, mode="strict")
+    for confidence in (0.5, 1.0, 0.3, math.nan):
+        with pytest.raises(ValueError, match="confidence must be strictly between 0.5 and 1"):
+            GateRule("roc_auc", max_regression=0.005, mode="noninferiority", confidence=confidence)
+    with pytest.raises(ValueError, match="max_regression >= 0"):
+        GateRule("roc_auc", max_regression=-0.01, mode="noninferiority")
+
+
+# --- settings: the rule's mode and confidence, checked when the settings load ----------
+
+def load_rules(tmp_path, body: str):
+    path = tmp_path / "config.toml"
+    path.write_text(body)
+    return load_settings({CONFIG_ENV: str(path)}).gate_rules
+
+
+def test_default_roc_auc_rule_is_noninferiority_and_reaches_the_gate_resource():
+    roc = next(r for r in DEFAULT_RULES if r.metric == "roc_auc")
+    assert (roc.mode, roc.max_regression, roc.confidence) == ("noninferiority", 0.0025, 0.95)
+    # The Dagster resource the check and the deploy step read must keep mode and confidence.
+    assert DeploymentGateRules.from_rules(DEFAULT_RULES).gate_rules() == DEFAULT_RULES
+    assert DeploymentGateRules().gate_rules() == DEFAULT_RULES
+    y, champion, tied, _ = scored_holdout()
+    diff = delong_test(y, tied, champion)
+    metrics = dict(GOOD, roc_auc=diff.challenger), dict(GOOD, roc_auc=diff.champion)
+    assert evaluate_gate(*metrics, DEFAULT_RULES, comparisons={"roc_auc": diff.to_dict()}).passed
+    assert not evaluate_gate(*metrics, DEFAULT_RULES).passed  # no comparison: fails closed
+
+
+def test_settings_carry_mode_and_confidence(tmp_path):
+    rules = load_rules(tmp_path, '[[gate.rules]]\nmetric = "roc_auc"\nmax_regression = 0.01\n'
+                                 'mode = "noninferiority"\nconfidence = 0.9\n')
+    assert rules == (GateRule("roc_auc", max_regression=0.01, mode="noninferiority", confidence=0.9),)
+    assert load_settings({}).gate_rules == DEFAULT_RULES
+    assert Settings().with_rules(DEFAULT_RULES).gate_rules == DEFAULT_RULES
+
+
+@pytest.mark.parametrize("line, key, words", [
+    ('mode = "bayesian"', "gate.rules.0.mode", "noninferiority"),
+    ("confidence = 1.0", "gate.rules.0.confidence", "strictly between 0.5 and 1"),
+    ("confidence = 0.5", "gate.rules.0.confidence", "strictly between 0.5 and 1"),
+    ("confidence = nan", "gate.rules.0.confidence", "finite"),
+    ('confidence = "high"', "gate.rules.0.confidence", "number"),
+])
+def test_settings_reject_bad_mode_or_confidence_naming_the_key(tmp_path, line, key, words):
+    with pytest.raises(SettingsError) as error:
+        load_rules(tmp_path, f'[[gate.rules]]\nmetric = "roc_auc"\nmax_regression = 0.01\n{line}\n')
+    message = str(error.value)
+    assert f"config.toml: {key}:" in message and words in message, message

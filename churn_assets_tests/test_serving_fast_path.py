@@ -11,6 +11,9 @@ import pytest
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.pipeline import Pipeline
 
+from churn_assets.core.artifact import ScoreCalibrator
+from churn_assets.core.spec import LABEL
+from churn_assets.devtools.sample_models import sample_frames
 from churn_assets.serving.fast_path import CompiledChurnModel, EncodedRecords, Uncompilable
 from churn_assets.serving.model_store import load_serving_model
 from churn_assets.serving.schema import RecordSchema
@@ -34,9 +37,25 @@ def as_encoded(rows: list[tuple]) -> EncodedRecords:
                           [list(column) for column in zip(*(texts for _, texts, _ in rows))])
 
 
+def with_calibration(predictor, method: str | None):
+    """The predictor with its calibrator refitted by ``method`` on fresh labelled rows
+    (None: no calibrator, the classifier's own probabilities, as old artifacts score)."""
+    if method is None:
+        return replace(predictor, calibrator=None)
+    frames = sample_frames(n_customers=200, as_of="2026-04-06")
+    decision = predictor.pipeline.decision_function(frames.validation)
+    # Fitted on the middle 90% of decision values only, so that scored rows fall below
+    # and above the fitted range and the isotonic clipping is exercised too.
+    low, high = np.quantile(decision, [0.05, 0.95])
+    middle = (decision >= low) & (decision <= high)
+    labels = frames.validation[LABEL].to_numpy()
+    return replace(predictor, calibrator=ScoreCalibrator.fit(method, decision[middle], labels[middle]))
+
+
+@pytest.mark.parametrize("method", ["sigmoid", "isotonic", None])
 @pytest.mark.parametrize("which", [0, 1], ids=["logistic_regression", "hist_gradient_boosting"])
-def test_fast_path_equals_batch_pipeline_on_every_row(trained, which):
-    predictor = trained[which]
+def test_fast_path_equals_batch_pipeline_on_every_row(trained, which, method):
+    predictor = with_calibration(trained[which], method)
     compiled = CompiledChurnModel(predictor)
     frame = messy_records(n_customers=600)  # > 4,000 rows: the HGB batch path splits them
     expected = predictor.predict_proba(frame)
@@ -50,6 +69,22 @@ def test_fast_path_equals_batch_pipeline_on_every_row(trained, which):
     assert np.abs(batch - expected).max() <= TOLERANCE
     encoded = compiled.encode_many(as_encoded(rows))
     assert np.abs(encoded - predictor.preprocessor.transform(frame)).max() <= 1e-12
+    if method is not None:
+        # The calibrator really changes the scores, and the rows reach past the ends of
+        # an isotonic fit (its clipping is exercised, not only the interpolation).
+        raw = predictor.pipeline.predict_proba(frame)[:, 1]
+        assert np.abs(expected - raw).max() > 0.05
+    if method == "isotonic":
+        decision = predictor.pipeline.decision_function(frame)
+        fitted = predictor.calibrator.model
+        assert (decision < fitted.X_min_).any() and (decision > fitted.X_max_).any()
+
+
+def test_trained_predictors_are_calibrated_and_compiled_with_their_calibrator(trained):
+    """What training produces (sigmoid by default) is what the fast path reproduces."""
+    for predictor in trained:
+        assert predictor.calibrator is not None and predictor.calibrator.method == "sigmoid"
+        assert CompiledChurnModel(predictor).calibrator is not None
 
 
 def test_unknown_and_missing_categories_encode_as_in_training(trained):
@@ -69,7 +104,7 @@ def test_a_model_without_an_exact_fast_path_is_served_by_the_pipeline(trained, r
     labels = np.arange(len(frame)) % 2
     pipeline = Pipeline([("preprocess", predictor.pipeline.named_steps["preprocess"]), ("classifier", forest)])
     pipeline.fit(frame, labels)
-    odd = replace(predictor, pipeline=pipeline)
+    odd = replace(predictor, pipeline=pipeline, calibrator=None)  # a calibrator belongs to its own classifier
     with pytest.raises(Uncompilable):
         CompiledChurnModel(odd)
     version = register(registry, odd)
@@ -109,3 +144,15 @@ def test_a_batch_reads_the_same_column_by_column_as_row_by_row(trained):
     assert schema._read_columns(mixed) is None
     parsed = schema.parse(orjson.dumps({"customers": mixed}))
     assert parsed.records.categories[SPEC.categorical_features.index("country")][0] == "7"
+
+
+def test_batch_scoring_of_raw_frames_equals_the_pipeline(trained):
+    from churn_assets.serving.fast_path import CompiledChurnModel
+
+    # Messy raw frames as a file or the history holds them: numbers as text, stray case
+    # and spaces, aliases, floats in text columns, gaps.
+    records = messy_records(n_customers=600, seed=5)
+    records.loc[records.index[::7], "plan"] = 1.0
+    for predictor in trained:
+        fast = CompiledChurnModel(predictor).predict_frame(records)
+        assert np.abs(fast - predictor.predict_proba(records)).max() < TOLERANCE, predictor.family

@@ -7,16 +7,24 @@ import math
 import numpy as np
 from sklearn import metrics as skm
 
-# Metrics where a larger value is better; the rest (brier_score, log_loss) are losses.
+from churn_assets.core.calibration import expected_calibration_error
+
+# Metrics where a larger value is better; the rest (brier_score, log_loss, ece) are losses.
 HIGHER_IS_BETTER = {"accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc"}
-METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "brier_score", "log_loss")
+METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "brier_score", "log_loss", "ece")
+# Equal-count bins of the expected calibration error: 10, as the bootstrap in
+# core.uncertainty (paired_bootstrap's ece_bins) uses, so the point value and its
+# interval describe the same quantity.
+ECE_BINS = 10
 
 
 def churn_metrics(y_true: np.ndarray, churn_probability: np.ndarray, threshold: float) -> dict[str, float]:
     """Metrics of probabilities ``churn_probability`` (shape (n,), in [0, 1]) against 0/1 labels.
 
-    Threshold metrics use ``probability >= threshold``. A metric that is undefined on
-    these rows (ROC AUC with one class present) is NaN, which a gate treats as failing.
+    Threshold metrics use ``probability >= threshold``. ``ece``: expected calibration
+    error over ``ECE_BINS`` equal-count bins, in probability units (a loss). A metric
+    that is undefined on these rows (ROC AUC with one class present) is NaN, which a
+    gate treats as failing.
     """
     y_true = np.asarray(y_true, dtype=int)
     proba = np.clip(np.asarray(churn_probability, dtype=float), 0.0, 1.0)
@@ -31,6 +39,7 @@ def churn_metrics(y_true: np.ndarray, churn_probability: np.ndarray, threshold: 
         "pr_auc": float(skm.average_precision_score(y_true, proba)) if both_classes else math.nan,
         "brier_score": float(skm.brier_score_loss(y_true, proba)),
         "log_loss": float(skm.log_loss(y_true, proba, labels=[0, 1])),
+        "ece": expected_calibration_error(y_true, proba, n_bins=ECE_BINS, strategy="quantile"),
     }
 
 

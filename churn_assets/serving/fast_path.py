@@ -12,7 +12,13 @@ folded in, then the classifier) and repeats exactly the operations scikit-learn 
   missing -> ``"__missing__"``, then the one-hot position; unseen values -> all zeros;
 - LogisticRegression: ``expit(x . coef + intercept)``;
 - HistGradientBoostingClassifier: all trees walked at once, level by level, with NumPy
-  (one row), or scikit-learn's own compiled predictor on the encoded matrix (batches).
+  (one row), or scikit-learn's own compiled predictor on the encoded matrix (batches);
+- a calibrated predictor (``ChurnPredictor.calibrator``) takes the classifier's decision
+  value instead (``x . coef + intercept``, or the boosted raw score) and maps it as
+  the calibrator does: sigmoid = ``expit(a * f + b)`` (the calibrating
+  LogisticRegression's coefficient and intercept), isotonic = ``np.interp`` over the
+  fitted thresholds after clipping to the fitted range (IsotonicRegression with
+  ``out_of_bounds="clip"``).
 
 Only the summation order differs from scikit-learn's, so probabilities agree to about
 1e-15; the serving tests hold every row to 1e-9. A predictor whose pipeline is built
@@ -29,13 +35,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy.special import expit
 from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from churn_assets.core.artifact import ChurnPredictor
-from churn_assets.core.categories import category_key
-from churn_assets.core.features import MISSING_CATEGORY
+from churn_assets.core.categories import as_text, category_key
+from churn_assets.core.features import MISSING_CATEGORY, to_float
 
 NAN = float("nan")
 
@@ -81,14 +89,20 @@ class _Linear:
         self.coef_list = self.coef.tolist()
         self.intercept = float(clf.intercept_[0])
 
-    def one(self, x: list[float]) -> float:
+    def raw_one(self, x: list[float]) -> float:
         z = self.intercept
         for value, weight in zip(x, self.coef_list):
             z += value * weight
-        return float(expit(z))
+        return z
+
+    def raw_many(self, X: np.ndarray) -> np.ndarray:
+        return X @ self.coef + self.intercept
+
+    def one(self, x: list[float]) -> float:
+        return float(expit(self.raw_one(x)))
 
     def many(self, X: np.ndarray) -> np.ndarray:
-        return expit(X @ self.coef + self.intercept)
+        return expit(self.raw_many(X))
 
 
 class _Forest:
@@ -127,15 +141,25 @@ class _Forest:
         self.bin_mapper.n_threads = 1  # each chunk's thread bins its own rows
         self.threads = max(1, min(4, os.cpu_count() or 1))
 
-    def one(self, x: list[float]) -> float:
+    def raw_one(self, x: list[float]) -> float:
         # Same test as scikit-learn's tree walk: x <= threshold goes left.
         step = np.where(np.array(x).take(self.feature) > self.threshold, self.right, self.left)
         node = self.roots
         for _ in range(self.depth):
             node = step.take(node)
-        return float(expit(self.baseline + self.value.take(node).sum()))
+        return float(self.baseline + self.value.take(node).sum())
+
+    def one(self, x: list[float]) -> float:
+        return float(expit(self.raw_one(x)))
+
+    def raw_many(self, X: np.ndarray) -> np.ndarray:
+        """The decision function (raw boosted score), shape (n_rows,)."""
+        return self._raw(X)[:, 0]
 
     def many(self, X: np.ndarray) -> np.ndarray:
+        return self.clf._loss.predict_proba(self._raw(X))[:, 1]
+
+    def _raw(self, X: np.ndarray) -> np.ndarray:
         # scikit-learn's own compiled tree walk (the batch pipeline's code), one thread
         # per chunk of rows: its OpenMP mode meets at a barrier after each of the
         # hundreds of trees, which on a busy 2-core machine costs more than it saves.
@@ -145,7 +169,7 @@ class _Forest:
         else:
             with ThreadPoolExecutor(len(chunks)) as pool:  # the tree walk releases the GIL
                 raw = np.concatenate(list(pool.map(self._raw_binned, chunks)))
-        return self.clf._loss.predict_proba(raw)[:, 1]
+        return raw
 
     def _raw_binned(self, X: np.ndarray) -> np.ndarray:
         """scikit-learn's raw prediction, walked on the binned matrix (uint8 compares:
@@ -160,6 +184,51 @@ class _Forest:
         raw += self.clf._baseline_prediction
         self.clf._predict_iterations(binned, self.clf._predictors, raw, is_binned=True, n_threads=1)
         return raw
+
+
+class _Sigmoid:
+    """Platt calibration: expit(a * f + b), as the calibrating LogisticRegression computes it."""
+
+    def __init__(self, model: LogisticRegression) -> None:
+        if model.coef_.shape != (1, 1) or list(model.classes_) != [0, 1]:
+            raise Uncompilable("sigmoid calibrator is not a one-feature binary LogisticRegression")
+        self.a = float(model.coef_[0, 0])
+        self.b = float(model.intercept_[0])
+
+    def one(self, f: float) -> float:
+        return float(expit(f * self.a + self.b))
+
+    def many(self, f: np.ndarray) -> np.ndarray:
+        return expit(f * self.a + self.b)
+
+
+class _Isotonic:
+    """IsotonicRegression(out_of_bounds="clip"): clip to the fitted range, then linear
+    interpolation between the fitted thresholds (scipy's interp1d there, np.interp here:
+    the same line between the same two points, so equal up to rounding)."""
+
+    def __init__(self, model: IsotonicRegression) -> None:
+        if model.out_of_bounds != "clip":
+            raise Uncompilable(f"isotonic calibrator with out_of_bounds={model.out_of_bounds!r}")
+        self.x = np.asarray(model.X_thresholds_, dtype=np.float64)
+        self.y = np.asarray(model.y_thresholds_, dtype=np.float64)
+        self.low, self.high = float(model.X_min_), float(model.X_max_)
+
+    def one(self, f: float) -> float:
+        return float(np.interp(min(max(f, self.low), self.high), self.x, self.y))
+
+    def many(self, f: np.ndarray) -> np.ndarray:
+        return np.interp(np.clip(f, self.low, self.high), self.x, self.y)
+
+
+def _compile_calibrator(calibrator) -> _Sigmoid | _Isotonic | None:
+    if calibrator is None:
+        return None
+    if calibrator.method == "sigmoid" and type(calibrator.model) is LogisticRegression:
+        return _Sigmoid(calibrator.model)
+    if calibrator.method == "isotonic" and type(calibrator.model) is IsotonicRegression:
+        return _Isotonic(calibrator.model)
+    raise Uncompilable(f"no fast path for a {calibrator.method} calibrator of type {type(calibrator.model).__name__}")
 
 
 class CompiledChurnModel:
@@ -229,6 +298,8 @@ class CompiledChurnModel:
             self.scorer = _Forest(classifier)
         else:
             raise Uncompilable(f"no fast path for {type(classifier).__name__}")
+        # Artifacts from before calibration have no such attribute value: None.
+        self.calibrator = _compile_calibrator(getattr(predictor, "calibrator", None))
 
     def category_column(self, j: int, text: str | None) -> int | None:
         """Encoded column of categorical feature ``j`` for raw ``text`` (None: all zeros)."""
@@ -270,16 +341,45 @@ class CompiledChurnModel:
         all_rows = np.arange(n_rows)
         for j, texts in enumerate(records.categories):
             # Few distinct values per column: normalize each once, not once per row.
-            position = {text: self.category_column(j, text) for text in set(texts)}
-            columns = np.array([position[text] for text in texts], dtype=float)  # NaN: all zeros
-            known = ~np.isnan(columns)
+            codes, uniques = pd.factorize(np.asarray(texts, dtype=object), use_na_sentinel=True)
+            lookup = [self.category_column(j, as_text(u)) for u in uniques]
+            lookup.append(self.category_column(j, None))  # code -1: missing
+            columns = np.array([np.nan if c is None else c for c in lookup], dtype=float)[codes]
+            known = ~np.isnan(columns)  # NaN: an unseen category, all zeros
             X[all_rows[known], columns[known].astype(np.intp)] = 1.0
         return X
 
+    def predict_frame(self, frame: pd.DataFrame) -> np.ndarray:
+        """P(churn) of each raw record of a DataFrame (spec columns): shape (n_rows,).
+
+        The batch scorer of the churn-risk list: the fitted pipeline's arithmetic applied
+        to whole columns, equal to ``ChurnPredictor.predict_proba`` within 1e-9.
+        """
+        n_rows = len(frame)
+        numeric = (np.column_stack([to_float(frame[c]).to_numpy(np.float64) for c in self.numeric_features])
+                   if self.numeric_features else np.empty((n_rows, 0)))
+        categories = [frame[c].to_numpy(dtype=object) for c in self.categorical_features]
+        return self.predict_many(EncodedRecords(np.ascontiguousarray(numeric), categories))
+
     def predict_one(self, numeric: list[float], categories: list[str | None]) -> float:
         """P(churn) of one record, without NumPy for the linear model and without pandas."""
-        return self.scorer.one(self.encode_one(numeric, categories))
+        x = self.encode_one(numeric, categories)
+        if self.calibrator is None:
+            return self.scorer.one(x)
+        return self.calibrator.one(self.scorer.raw_one(x))
 
     def predict_many(self, records: EncodedRecords) -> np.ndarray:
         """P(churn) of each record: shape (n_rows,)."""
-        return self.scorer.many(self.encode_many(records))
+        X = self.encode_many(records)
+        if self.calibrator is None:
+            return self.scorer.many(X)
+        return self.calibrator.many(self.scorer.raw_many(X))
+
+
+def batch_scorer(predictor: ChurnPredictor):
+    """``frame -> P(churn)`` for batch scoring: the compiled arrays when the pipeline
+    compiles, else the pipeline itself (same numbers, slower)."""
+    try:
+        return CompiledChurnModel(predictor).predict_frame
+    except Uncompilable:
+        return predictor.predict_proba

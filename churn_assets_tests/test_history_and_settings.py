@@ -28,11 +28,11 @@ def test_upsert_counts_inserts_updates_and_unchanged(tmp_path):
 def test_upsert_rejects_unknown_columns_and_keeps_history(tmp_path):
     history = CustomerHistory(tmp_path)
     history.upsert(frame([("a", "2026-01-05", 1.0, "0")]), KEYS, state={"watermark": "w1"})
-    before = history.path.read_bytes()
+    before = {f.name: f.read_bytes() for f in history.weeks_dir.iterdir()}
     bad = frame([("b", "2026-01-05", 1.0, "0")]).assign(surprise=1)
     with pytest.raises(ValueError, match="surprise"):
         history.upsert(bad, KEYS, state={"watermark": "w2"})
-    assert history.path.read_bytes() == before
+    assert {f.name: f.read_bytes() for f in history.weeks_dir.iterdir()} == before
     assert history.state() == {"watermark": "w1"}
 
 

@@ -1,20 +1,49 @@
 """The durable customer history: every snapshot ever collected, keyed by customer and date.
 
-Writes are atomic (write a temporary file, fsync, rename), so a crash mid-write leaves
-the previous history in place; the source watermark is written only after the records
-it covers are on disk, so a crash between the two re-fetches rather than loses data.
+Layout (``directory`` = ``$CHURN_ASSETS_HOME/history``)::
+
+    weeks/2026-05-04.parquet   the snapshots of one week (the Monday of the snapshot date)
+    state.json                 the source watermark, written after the week files
+    .lock                      fcntl lock held around every read-modify-write
+
+Partitioning by week is what keeps a weekly refresh flat as the history grows: an
+upsert reads and rewrites only the weeks its batch touches, and training reads only
+the weeks of its window (``load(since=...)``), not the whole past.
+
+Crash safety: every week file is replaced atomically (temporary file, fsync, rename),
+and ``state.json`` only after all of them. A crash mid-upsert therefore leaves each week
+either old or new and the watermark old, so the next run re-fetches the batch and the
+idempotent upsert finishes the job (rows already written count as unchanged).
+
+A history in the old single-file layout (``customers.parquet``) is split into weeks by
+the first upsert; the old file is removed only once every week file is on disk.
 """
 
 from __future__ import annotations
 
+import fcntl
+import io
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from churn_assets.storage.atomic import atomic_write_bytes, atomic_write_json
+
+LEGACY_FILE = "customers.parquet"
+# Stored in every week file's schema, so the files describe themselves: which columns
+# key a row and which one the weeks are cut by.
+LAYOUT_KEY = b"churn_assets.history"
+
+
+class HistoryError(ValueError):
+    """The stored history cannot be used as it is; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -32,43 +61,123 @@ class UpsertSummary:
         return self.inserted + self.updated
 
 
+def week_start(dates: pd.Series) -> pd.Series:
+    """The Monday (00:00) of each date: the week a snapshot is stored under."""
+    stamps = pd.to_datetime(dates)
+    if stamps.dt.tz is not None:
+        stamps = stamps.dt.tz_localize(None)
+    days = stamps.dt.normalize()
+    return days - pd.to_timedelta(days.dt.day_of_week, unit="D")
+
+
 class CustomerHistory:
-    """Customer snapshots in one Parquet file, upserted by (id, snapshot timestamp)."""
+    """Customer snapshots in one Parquet file per week, upserted by the key columns
+    (customer id, snapshot date); the last key column is the one weeks are cut by."""
 
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
-        self.path = self.directory / "customers.parquet"
+        self.weeks_dir = self.directory / "weeks"
+        self.legacy_path = self.directory / LEGACY_FILE
         self.state_path = self.directory / "state.json"
+        self.lock_path = self.directory / ".lock"
 
-    def load(self) -> pd.DataFrame | None:
-        if not self.path.exists():
-            return None
-        return pd.read_parquet(self.path)
+    # ---- reading -------------------------------------------------------------------
+
+    def week_path(self, week: pd.Timestamp) -> Path:
+        return self.weeks_dir / f"{pd.Timestamp(week):%Y-%m-%d}.parquet"
+
+    def weeks(self) -> list[pd.Timestamp]:
+        """The Mondays of the stored weeks, oldest first."""
+        if not self.weeks_dir.is_dir():
+            return []
+        # Temporary files of an interrupted write start with "." and end in ".tmp".
+        return sorted(pd.Timestamp(p.stem) for p in self.weeks_dir.glob("[0-9]*.parquet"))
+
+    def load(self, since=None, until=None, columns: list[str] | None = None) -> pd.DataFrame | None:
+        """Stored snapshots dated ``since <= date <= until`` (either bound optional), sorted
+        by the key columns; only the week files overlapping the range are opened, and only
+        ``columns`` (all when None) are read. None when nothing is stored."""
+        with self._locked(exclusive=False):
+            if self.legacy_path.exists():
+                # Not migrated yet (only an upsert knows the key columns to cut by).
+                if since is not None or until is not None:
+                    raise HistoryError(f"{self.legacy_path} is in the old single-file layout; an"
+                                       " upsert migrates it to weekly files before windowed reads")
+                return pd.read_parquet(self.legacy_path, columns=columns)
+            return self._read(since, until, columns)
+
+    def total_rows(self) -> int:
+        """Row count from the week files' Parquet footers (no data is read)."""
+        return sum(pq.read_metadata(self.week_path(w)).num_rows for w in self.weeks())
 
     def state(self) -> dict:
         if not self.state_path.exists():
             return {}
-        return json.loads(self.state_path.read_text())
+        try:
+            data = json.loads(self.state_path.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            where = (f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+                     if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text")
+            raise HistoryError(
+                f"{self.state_path} is not valid JSON ({where}); it holds the source watermark:"
+                " fix it, or delete it to re-fetch everything (the upsert is idempotent)") from None
+        if not isinstance(data, dict):
+            raise HistoryError(f"{self.state_path} must hold a JSON object, not {type(data).__name__}")
+        return data
+
+    # ---- writing -------------------------------------------------------------------
 
     def upsert(self, records: pd.DataFrame, key_columns: list[str],
                state: dict | None = None) -> UpsertSummary:
         """Merge ``records`` into the history; a key seen before is replaced, never duplicated.
 
-        ``state`` (e.g. the source watermark) is written only after the history itself.
+        Only the weeks the batch touches are read and rewritten. ``state`` (e.g. the source
+        watermark) is written only after every week file.
         """
         missing = [c for c in key_columns if c not in records.columns]
         if missing:
             raise ValueError(f"records lack the key columns {missing}")
+        if len(key_columns) < 2:
+            raise ValueError("key_columns must end with the snapshot date column")
         records = records.drop_duplicates(subset=key_columns, keep="last").reset_index(drop=True)
-        existing = self.load()
+        weeks = week_start(records[key_columns[-1]])
+        if weeks.isna().any():
+            raise ValueError(f"{int(weeks.isna().sum())} records have no {key_columns[-1]}")
+        with self._locked(exclusive=True):
+            self._migrate_legacy(key_columns)
+            self._remove_stale_temporaries()
+            schema = self._schema()
+            if schema is None:
+                schema = _with_layout(pa.Schema.from_pandas(records, preserve_index=False), key_columns)
+            else:
+                stored_keys = _layout(schema)["key_columns"]
+                if stored_keys != list(key_columns):
+                    raise ValueError(f"the history is keyed by {stored_keys}, not {list(key_columns)}")
+                extra = [c for c in records.columns if c not in schema.names]
+                if extra:
+                    raise ValueError(f"new records bring columns the history does not have: {extra}")
+                reference = schema.empty_table().to_pandas()
+                records = _align_dtypes(records.reindex(columns=reference.columns), reference)
+            inserted = updated = 0
+            # Group by week, oldest first; the rows keep their batch order within a week.
+            for week, index in sorted(records.groupby(weeks.to_numpy()).indices.items()):
+                new_rows, changed_rows = self._upsert_week(
+                    pd.Timestamp(week), records.iloc[index], key_columns, schema)
+                inserted += new_rows
+                updated += changed_rows
+            if state is not None:
+                atomic_write_json(self.state_path, state)
+            unchanged = len(records) - inserted - updated
+            return UpsertSummary(len(records), inserted, updated, unchanged, self.total_rows())
+
+    def _upsert_week(self, week: pd.Timestamp, records: pd.DataFrame, key_columns: list[str],
+                     schema: pa.Schema) -> tuple[int, int]:
+        """Merge one week's records into its file; (inserted, updated) row counts."""
+        path = self.week_path(week)
+        existing = pq.read_table(path).to_pandas() if path.exists() else None
         if existing is None or existing.empty:
             merged, inserted, updated = records, len(records), 0
         else:
-            extra = [c for c in records.columns if c not in existing.columns]
-            if extra:
-                raise ValueError(f"new records bring columns the history does not have: {extra}")
-            records = records.reindex(columns=existing.columns)
-            records = _align_dtypes(records, existing)
             incoming = records[key_columns].assign(_hash=_row_hashes(records))
             stored = existing[key_columns].assign(
                 _stored_hash=pd.array(_row_hashes(existing), dtype="Int64"))
@@ -79,19 +188,125 @@ class CustomerHistory:
             updated = int((seen & ~same).sum())
             changed = records[~same]
             if changed.empty:
-                merged = existing
-            else:
-                stale = existing[key_columns].merge(
-                    changed[key_columns].assign(_stale=True), on=key_columns, how="left"
-                )["_stale"].fillna(False).to_numpy(dtype=bool)
-                merged = pd.concat([existing[~stale], changed], ignore_index=True)
-        unchanged = len(records) - inserted - updated
-        if inserted or updated or existing is None:
-            merged = merged.sort_values(key_columns, kind="stable").reset_index(drop=True)
-            atomic_write_bytes(self.path, _to_parquet_bytes(merged))
-        if state is not None:
-            atomic_write_json(self.state_path, state)
-        return UpsertSummary(len(records), inserted, updated, unchanged, len(merged))
+                return 0, 0
+            stale = existing[key_columns].merge(
+                changed[key_columns].assign(_stale=True), on=key_columns, how="left"
+            )["_stale"].fillna(False).to_numpy(dtype=bool)
+            merged = pd.concat([existing[~stale], changed], ignore_index=True)
+        merged = merged.sort_values(key_columns, kind="stable").reset_index(drop=True)
+        atomic_write_bytes(path, _parquet_bytes(pa.Table.from_pandas(merged, schema=schema,
+                                                                     preserve_index=False)))
+        return inserted, updated
+
+    # ---- internals -----------------------------------------------------------------
+
+    def _schema(self) -> pa.Schema | None:
+        weeks = self.weeks()
+        return pq.read_schema(self.week_path(weeks[-1])) if weeks else None
+
+    def _read(self, since, until, columns) -> pd.DataFrame | None:
+        weeks = self.weeks()
+        if not weeks:
+            return None
+        schema = pq.read_schema(self.week_path(weeks[-1]))
+        layout = _layout(schema)
+        keys, date_col = layout["key_columns"], layout["key_columns"][-1]
+        lo = None if since is None else pd.Timestamp(since)
+        hi = None if until is None else pd.Timestamp(until)
+        # A week file holds dates Monday 00:00 up to (not including) the next Monday.
+        chosen = [w for w in weeks
+                  if (lo is None or w + pd.Timedelta(weeks=1) > lo) and (hi is None or w <= hi)]
+        wanted = list(schema.names) if columns is None else list(columns)
+        unknown = [c for c in wanted if c not in schema.names]
+        if unknown:
+            raise KeyError(f"the history has no columns {unknown}")
+        read = wanted + [k for k in keys if k not in wanted]
+        if not chosen:
+            return schema.empty_table().select(read).to_pandas()[wanted]
+        dataset = pads.dataset([str(self.week_path(w)) for w in chosen], format="parquet", schema=schema)
+        table = dataset.to_table(columns=read, filter=_date_filter(schema, date_col, lo, hi))
+        # Each file is sorted by the keys, but the weeks interleave customers: one sort
+        # gives the order the single-file layout had, so models trained on it do not change.
+        table = table.sort_by([(k, "ascending") for k in keys])
+        frame = table.to_pandas()
+        if not pa.types.is_timestamp(schema.field(date_col).type) and (lo is not None or hi is not None):
+            dates = pd.to_datetime(frame[date_col])
+            frame = frame[((dates >= lo) if lo is not None else True)
+                          & ((dates <= hi) if hi is not None else True)].reset_index(drop=True)
+        return frame[wanted]
+
+    def _migrate_legacy(self, key_columns: list[str]) -> None:
+        """Split ``customers.parquet`` into week files, then remove it (caller holds the lock).
+
+        Re-run from the start after a crash: the old file is the truth until it is gone,
+        and week files left by an interrupted migration are simply overwritten.
+        """
+        if not self.legacy_path.exists():
+            return
+        table = pq.read_table(self.legacy_path)
+        missing = [c for c in key_columns if c not in table.column_names]
+        if missing:
+            raise HistoryError(f"{self.legacy_path} lacks the key columns {missing}; cannot migrate it")
+        schema = _with_layout(table.schema, key_columns)
+        frame = table.to_pandas()
+        weeks = week_start(frame[key_columns[-1]])
+        for week, index in sorted(frame.groupby(weeks.to_numpy()).indices.items()):
+            part = frame.iloc[index].sort_values(key_columns, kind="stable")
+            atomic_write_bytes(self.week_path(pd.Timestamp(week)), _parquet_bytes(
+                pa.Table.from_pandas(part, schema=schema, preserve_index=False)))
+        self.legacy_path.unlink()
+        _fsync_dir(self.directory)
+
+    def _remove_stale_temporaries(self) -> None:
+        # Left behind only by a writer that died mid-write; we hold the lock, so none is live.
+        if self.weeks_dir.is_dir():
+            for tmp in self.weeks_dir.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+    @contextmanager
+    def _locked(self, exclusive: bool):
+        """Hold ``.lock``: exclusive for a read-modify-write, shared for a read, so a reader
+        never sees half an upsert and two writers never interleave. Released by the kernel
+        when the process dies, so a crash never leaves it held."""
+        if not exclusive and not self.directory.is_dir():
+            yield  # nothing stored yet, and a reader should not create the directory
+            return
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # 0600 like every other file of the data directory (storage/atomic.py).
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+
+def _with_layout(schema: pa.Schema, key_columns: list[str]) -> pa.Schema:
+    layout = json.dumps({"version": 1, "key_columns": list(key_columns)}).encode()
+    return schema.with_metadata({**(schema.metadata or {}), LAYOUT_KEY: layout})
+
+
+def _layout(schema: pa.Schema) -> dict:
+    raw = (schema.metadata or {}).get(LAYOUT_KEY)
+    if raw is None:
+        raise HistoryError("a week file of the history lacks its layout metadata")
+    return json.loads(raw)
+
+
+def _date_filter(schema: pa.Schema, column: str, lo, hi):
+    """A pushdown filter on the date column (row-group statistics skip whole groups);
+    dates stored as text are filtered after reading instead."""
+    kind = schema.field(column).type
+    if not pa.types.is_timestamp(kind):
+        return None
+    expr = None
+    for bound, op in ((lo, "ge"), (hi, "le")):
+        if bound is None:
+            continue
+        value = pa.scalar(bound.to_pydatetime(), type=kind)
+        term = pads.field(column) >= value if op == "ge" else pads.field(column) <= value
+        expr = term if expr is None else expr & term
+    return expr
 
 
 def _align_dtypes(records: pd.DataFrame, existing: pd.DataFrame) -> pd.DataFrame:
@@ -110,9 +325,15 @@ def _row_hashes(frame: pd.DataFrame):
     return pd.util.hash_pandas_object(frame, index=False).to_numpy().view("int64")
 
 
-def _to_parquet_bytes(frame: pd.DataFrame) -> bytes:
-    import io
-
+def _parquet_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
-    frame.to_parquet(buf, index=False)
+    pq.write_table(table, buf)
     return buf.getvalue()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

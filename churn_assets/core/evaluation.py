@@ -12,7 +12,15 @@ class EvaluationReport:
     ``challenger`` / ``champion``: metric name -> value (``metrics.METRIC_NAMES``);
     ``champion`` is None on a bootstrap run (nothing in production yet).
     ``comparisons``: per metric, the paired challenger - champion difference with its
-    confidence interval (empty without a champion).
+    confidence interval (``dataclasses.asdict`` of ``uncertainty.PairedDifference``;
+    empty without a champion).
+    ``calibration``: expected calibration error of each model on the holdout
+    (``challenger_ece``, and ``champion_ece`` when there is a champion).
+    ``plots``: PNG bytes by plot name (tens of kB each), so ``deployed_model`` can save
+    them beside the registry version without drawing them again.
+    ``importance``: raw-feature permutation importance, (feature, mean, std) rows.
+    ``drift``: an optional list of per-feature drift dicts (``feature``, ``psi``,
+    ``status``) measured at training time, for the model card; None when not measured.
     """
 
     challenger: dict[str, float]
@@ -26,10 +34,18 @@ class EvaluationReport:
     model_family: str
     threshold: float
     comparisons: dict[str, dict] = field(default_factory=dict)
+    calibration: dict[str, float] = field(default_factory=dict)
+    plots: dict[str, bytes] = field(default_factory=dict, repr=False)
+    importance: list[tuple[str, float, float]] = field(default_factory=list)
+    drift: list[dict] | None = None
 
     @property
     def bootstrap(self) -> bool:
         return self.champion is None
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self, include_plots: bool = False) -> dict:
+        """Plain dict; PNG bytes are left out unless asked for (they are not JSON)."""
+        body = asdict(self)
+        if not include_plots:
+            body.pop("plots")
+        return body

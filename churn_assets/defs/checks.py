@@ -5,13 +5,16 @@ import dagster as dg
 from churn_assets.core.evaluation import EvaluationReport
 
 from churn_assets.defs.evaluation import evaluation_report
-from churn_assets.core.gate import GateVerdict, evaluate_gate
+from churn_assets.core.gate import GateVerdict
 from churn_assets.core.markdown import md_table
-from churn_assets.defs.resources import DeploymentGateRules
+from churn_assets.defs.decisions import record_run_outcome, rules_key
+from churn_assets.defs.reporting import gate_verdict
+from churn_assets.defs.resources import ChurnStorage, DeploymentGateRules
+from churn_assets.storage.candidates import CandidateLog
 
 
 def verdict_for(report: EvaluationReport, gate_rules: DeploymentGateRules) -> GateVerdict:
-    return evaluate_gate(report.challenger, report.champion, gate_rules.gate_rules())
+    return gate_verdict(report.challenger, report.champion, gate_rules.gate_rules(), report.comparisons)
 
 
 def verdict_metadata(verdict: GateVerdict) -> dict:
@@ -24,10 +27,33 @@ def verdict_metadata(verdict: GateVerdict) -> dict:
             "verdict": verdict.summary, "outcomes": dg.MetadataValue.json(verdict.to_dict())}
 
 
+def record_refusal(storage: ChurnStorage, report: EvaluationReport, verdict: GateVerdict,
+                   run_id: str, recorded_by: str) -> dict:
+    """Keep a refused challenger in ``registry/candidates.jsonl``: the registry's versions
+    hold only what passed, and a refusal should be as readable as a promotion."""
+    # Issue 8: the data this refusal covered is not retrained on again (defs.decisions).
+    record_run_outcome(storage.root, run_id, "refused", verdict=verdict.summary,
+                       gate_rules=rules_key(verdict.outcomes))
+    return CandidateLog(storage.registry().root).record({
+        "run_id": run_id, "recorded_by": recorded_by, "challenger_fingerprint": report.challenger_fingerprint,
+        "model_family": report.model_family, "threshold": report.threshold, "metrics": report.challenger,
+        "champion_metrics": report.champion, "champion_version": report.champion_version,
+        "comparisons": report.comparisons, "calibration": report.calibration,
+        "data_window": report.data_window, "holdout_rows": report.holdout_rows,
+        "gate": verdict.to_dict(), "verdict": verdict.summary,
+    })
+
+
 @dg.asset_check(asset=evaluation_report, blocking=True,
                 description="Challenger passes every gate rule: floors, and no regression beyond "
                             "tolerance against the champion on the same holdout rows.")
-def deployment_gate(evaluation_report: EvaluationReport, gate_rules: DeploymentGateRules) -> dg.AssetCheckResult:
+def deployment_gate(context: dg.AssetCheckExecutionContext, evaluation_report: EvaluationReport,
+                    gate_rules: DeploymentGateRules, storage: ChurnStorage) -> dg.AssetCheckResult:
     verdict = verdict_for(evaluation_report, gate_rules)
+    metadata = verdict_metadata(verdict)
+    if not verdict.passed:
+        # The blocking check stops deployed_model from running, so the refusal is recorded here.
+        record_refusal(storage, evaluation_report, verdict, context.run.run_id, "deployment_gate")
+        metadata["recorded_in"] = dg.MetadataValue.path(str(CandidateLog(storage.registry().root).path))
     return dg.AssetCheckResult(passed=verdict.passed, severity=dg.AssetCheckSeverity.ERROR,
-                               description=verdict.summary, metadata=verdict_metadata(verdict))
+                               description=verdict.summary, metadata=metadata)

@@ -4,22 +4,28 @@ import dagster as dg
 
 from churn_assets.core.artifact import ChurnPredictor
 from churn_assets.core.evaluation import EvaluationReport
-from churn_assets.defs.checks import verdict_for, verdict_metadata
+from churn_assets.defs import reporting
+from churn_assets.defs.checks import record_refusal, verdict_for, verdict_metadata
+from churn_assets.defs.decisions import record_run_outcome
 from churn_assets.defs.resources import ChurnStorage, DeploymentGateRules
+from churn_assets.health.plots import metric_trend
 
 
 @dg.asset(group_name="churn", kinds={"sklearn"})
 def deployed_model(context: dg.AssetExecutionContext, evaluation_report: EvaluationReport,
                    churn_model: ChurnPredictor, storage: ChurnStorage,
                    gate_rules: DeploymentGateRules) -> dg.MaterializeResult:
-    """The production model version in the registry.
+    """The production model version in the registry, with its model card.
 
     Re-applies the gate itself: a blocking check protects only runs that include it,
-    and ``--select deployed_model`` would not. A challenger trained on exactly the data,
-    config and code of the production model is not registered again.
+    and ``--select deployed_model`` would not. A refused challenger is recorded in
+    ``registry/candidates.jsonl``. A challenger trained on exactly the data, config and
+    code of the production model is not registered again. A new version gets ``card.md``
+    and the evaluation's plots beside its ``manifest.json``.
     """
     verdict = verdict_for(evaluation_report, gate_rules)
     if not verdict.passed:
+        record_refusal(storage, evaluation_report, verdict, context.run.run_id, "deployed_model")
         raise dg.Failure(description=f"deployment refused by the gate: {verdict.summary}",
                          metadata=verdict_metadata(verdict), allow_retries=False)
     if evaluation_report.challenger_fingerprint != churn_model.fingerprint:
@@ -35,6 +41,7 @@ def deployed_model(context: dg.AssetExecutionContext, evaluation_report: Evaluat
     if production is not None and production.manifest.get("fingerprint") == churn_model.fingerprint:
         context.log.info(f"challenger is identical to production {current} (same data, config, code);"
                          " no new version")
+        record_run_outcome(storage.root, context.run, "deployed", version=current)  # issue 8
         return dg.MaterializeResult(metadata={"production_version": current, "new_version": False,
                                               "verdict": verdict.summary})
     manifest = {
@@ -43,6 +50,9 @@ def deployed_model(context: dg.AssetExecutionContext, evaluation_report: Evaluat
         "metrics": evaluation_report.challenger,
         "champion_metrics": evaluation_report.champion,
         "champion_version": current,
+        "comparisons": evaluation_report.comparisons,
+        "calibration": evaluation_report.calibration,
+        "feature_importance": [list(row) for row in evaluation_report.importance],
         "validation_metrics": churn_model.validation_metrics,
         "feature_spec": churn_model.spec.to_dict(),
         "data_window": evaluation_report.data_window,
@@ -53,13 +63,23 @@ def deployed_model(context: dg.AssetExecutionContext, evaluation_report: Evaluat
         "gate": verdict.to_dict(),
         "run_id": context.run.run_id,
     }
+    if evaluation_report.drift is not None:
+        manifest["drift"] = evaluation_report.drift
     version = registry.register(churn_model, manifest)
+    # The trend is redrawn now that this run's point has its version name.
+    plots = dict(evaluation_report.plots, roc_auc_trend=metric_trend(reporting.trend_points(registry)))
+    card_path, card = reporting.write_card(version, plots)
     reason = "bootstrap deploy (floors only)" if verdict.bootstrap else f"passed gate against {current}"
     pointer = registry.promote(version.version, reason=reason, run_id=context.run.run_id)
-    context.log.info(f"promoted {version.version} to production ({reason})")
+    record_run_outcome(storage.root, context.run, "deployed", version=version.version)  # issue 8
+    context.log.info(f"promoted {version.version} to production ({reason}); model card {card_path}")
+    roc = evaluation_report.comparisons.get("roc_auc") or {}
     return dg.MaterializeResult(metadata={
         "production_version": version.version, "previous_version": str(pointer["previous"]),
         "new_version": True, "sha256": version.sha256, "reason": reason,
         "path": dg.MetadataValue.path(str(version.path)), "verdict": verdict.summary,
         "roc_auc": float(evaluation_report.challenger["roc_auc"]),
+        "delta_roc_auc": float(roc.get("difference", float("nan"))),
+        "card_path": dg.MetadataValue.path(str(card_path)),
+        "model_card": dg.MetadataValue.md(reporting.inline_images(card, plots)),
     })

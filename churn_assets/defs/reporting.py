@@ -1,0 +1,288 @@
+"""Model health for the Dagster layer and the CLI: comparisons, plots, the trend, the card.
+
+Pure functions over numpy arrays, the registry and the candidate log; nothing here
+imports Dagster, so ``churn-assets card`` and ``versions`` start quickly.
+"""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import math
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from churn_assets.core.calibration import expected_calibration_error
+from churn_assets.core.gate import GateVerdict, evaluate_gate
+from churn_assets.core.metrics import HIGHER_IS_BETTER, METRIC_NAMES
+from churn_assets.core.uncertainty import delong_test, paired_bootstrap
+from churn_assets.health import plots as health_plots
+from churn_assets.health.card import render_model_card
+from churn_assets.health.importance import permutation_importance_raw
+from churn_assets.storage.atomic import atomic_write_bytes
+from churn_assets.storage.candidates import CandidateLog
+from churn_assets.storage.registry import ModelRegistry, ModelVersion, RegistryError
+
+# Compared with a confidence interval in every run. ROC AUC has a closed-form paired
+# test (DeLong); the others have none, so they are bootstrapped on the same resamples.
+BOOTSTRAPPED = ("pr_auc", "brier_score", "log_loss", "ece")
+COMPARED = ("roc_auc",) + BOOTSTRAPPED
+N_RESAMPLES = 1000
+# Permutation importance costs features x repeats predictions: a few thousand rows and
+# three repeats keep it near a second while ranking the features stably.
+IMPORTANCE_ROWS, IMPORTANCE_REPEATS, IMPORTANCE_TOP = 3000, 3, 15
+PLOT_FILES = {"roc_pr": "roc_pr.png", "reliability": "reliability.png",
+              "confusion_matrix": "confusion_matrix.png", "feature_importance": "feature_importance.png",
+              "roc_auc_trend": "roc_auc_trend.png"}
+CARD_FILE = "card.md"
+
+
+def gate_verdict(challenger: dict, champion: dict | None, rules, comparisons: dict | None) -> GateVerdict:
+    """``evaluate_gate``, given the paired comparisons once it accepts them (issue 10)."""
+    if "comparisons" in inspect.signature(evaluate_gate).parameters:
+        return evaluate_gate(challenger, champion, rules, comparisons=comparisons or None)
+    return evaluate_gate(challenger, champion, rules)
+
+
+def paired_comparisons(y_true, proba_challenger, proba_champion, threshold_challenger: float,
+                       threshold_champion: float, seed: int = 0) -> dict[str, dict]:
+    """Challenger - champion per metric in ``COMPARED``, each ``asdict(PairedDifference)``."""
+    y = np.asarray(y_true, dtype=int)
+    a = np.clip(np.asarray(proba_challenger, dtype=float), 0.0, 1.0)
+    b = np.clip(np.asarray(proba_champion, dtype=float), 0.0, 1.0)
+    out = {"roc_auc": asdict(delong_test(y, a, b))}
+    boot = paired_bootstrap(y, a, b, metrics=BOOTSTRAPPED, threshold_challenger=threshold_challenger,
+                            threshold_champion=threshold_champion, n_resamples=N_RESAMPLES, seed=seed)
+    out.update({name: asdict(diff) for name, diff in boot.items()})
+    return out
+
+
+def calibration_errors(y_true, proba_challenger, proba_champion=None) -> dict[str, float]:
+    y = np.asarray(y_true, dtype=int)
+    out = {"challenger_ece": expected_calibration_error(y, np.clip(proba_challenger, 0, 1))}
+    if proba_champion is not None:
+        out["champion_ece"] = expected_calibration_error(y, np.clip(proba_champion, 0, 1))
+    return out
+
+
+def importance_rows(predictor, holdout: pd.DataFrame, y_true, seed: int = 0) -> list[tuple[str, float, float]]:
+    """Raw-feature permutation importance on the holdout (ROC AUC drop); empty when undefined."""
+    try:
+        return permutation_importance_raw(predictor.predict_proba, holdout, y_true, predictor.spec.feature_columns,
+                                          n_repeats=IMPORTANCE_REPEATS, seed=seed, max_rows=IMPORTANCE_ROWS)
+    except ValueError:  # one class on the holdout: no ranking to lose
+        return []
+
+
+def evaluation_plots(y_true, proba_challenger, proba_champion, threshold: float,
+                     importance: list, trend: list[dict]) -> dict[str, bytes]:
+    """Every diagnostic PNG of one evaluation, by the names in ``PLOT_FILES``."""
+    return {
+        "roc_pr": health_plots.roc_pr_curves(y_true, proba_challenger, proba_champion),
+        "reliability": health_plots.reliability_diagram(y_true, proba_challenger, proba_champion),
+        "confusion_matrix": health_plots.confusion_matrix_plot(y_true, proba_challenger, threshold),
+        "feature_importance": health_plots.feature_importance_plot(importance, top=IMPORTANCE_TOP),
+        "roc_auc_trend": health_plots.metric_trend(trend),
+    }
+
+
+def _number(value) -> float:
+    return float(value) if isinstance(value, (int, float)) and value is not None else math.nan
+
+
+def trend_points(registry: ModelRegistry, current: dict | None = None) -> list[dict]:
+    """ROC AUC by model version for ``plots.metric_trend``, oldest first.
+
+    Registered versions (promoted) and refused candidates are merged by the time they
+    were recorded; ``current`` (a point for this run's challenger) goes last.
+    """
+    timed = []
+    for v in registry.versions():
+        m = v.manifest
+        timed.append((str(m.get("registered_at", "")), {
+            "version": v.version, "roc_auc": _number((m.get("metrics") or {}).get("roc_auc")),
+            "champion_roc_auc": (m.get("champion_metrics") or {}).get("roc_auc"), "deployed": True}))
+    for c in CandidateLog(registry.root).read().entries:
+        timed.append((str(c.get("recorded_at", "")), {
+            "version": f"run {str(c.get('run_id') or '?')[:6]}",
+            "roc_auc": _number((c.get("metrics") or {}).get("roc_auc")),
+            "champion_roc_auc": (c.get("champion_metrics") or {}).get("roc_auc"), "deployed": False}))
+    points = [p for _, p in sorted(timed, key=lambda t: t[0])]
+    return points + ([current] if current else [])
+
+
+def metric_metadata(challenger: dict, champion: dict | None, comparisons: dict,
+                    calibration: dict) -> dict[str, float]:
+    """One float per metric, so the Dagster UI charts each across runs."""
+    out = {f"challenger_{k}": float(v) for k, v in challenger.items()}
+    out.update({f"champion_{k}": float(v) for k, v in (champion or {}).items()})
+    out.update({k: float(v) for k, v in calibration.items()})
+    for name in challenger:
+        if champion is not None and name in champion:
+            out[f"delta_{name}"] = float(challenger[name]) - float(champion[name])
+    for name, c in comparisons.items():
+        out[f"delta_{name}"] = _number(c.get("difference"))
+        for key in ("ci_low", "ci_high", "p_value"):
+            out[f"{name}_{key}"] = _number(c.get(key))
+    return out
+
+
+def comparison_rows(challenger: dict, champion: dict | None, comparisons: dict) -> list[dict]:
+    """Table rows: both models on the same holdout, the delta and its 95% interval."""
+    rows = []
+    for name, value in challenger.items():
+        old = None if champion is None else champion.get(name, math.nan)
+        delta = None if old is None else value - old
+        c = comparisons.get(name) or {}
+        ci = (f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]"
+              if _finite(c.get("ci_low")) and _finite(c.get("ci_high")) else "-")
+        better = None if delta is None or math.isnan(delta) else (
+            delta >= 0 if name in HIGHER_IS_BETTER else delta <= 0)
+        rows.append({"metric": name, "challenger": value, "champion": "-" if old is None else old,
+                     "delta": "-" if delta is None else delta, "95% CI of delta": ci,
+                     "p": c.get("p_value") if _finite(c.get("p_value")) else "-",
+                     "challenger better or equal": "-" if better is None else ("yes" if better else "no")})
+    return rows
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def inline_images(markdown: str, plots: dict[str, bytes]) -> str:
+    """Replace ``![alt](name.png)`` links to ``plots`` files with inline data URIs
+    (Dagster's UI cannot reach files beside the registry version)."""
+    by_file = {PLOT_FILES.get(name, f"{name}.png"): png for name, png in plots.items()}
+
+    def swap(match: re.Match) -> str:
+        png = by_file.get(match.group(2))
+        if png is None:
+            return match.group(0)
+        return f"![{match.group(1)}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
+
+    return re.sub(r"!\[([^\]]*)\]\(([^)\s]+)\)", swap, markdown)
+
+
+def _in_metric_order(metrics: dict) -> dict:
+    # Manifests are written with sorted keys; the card lists metrics in the usual order.
+    order = {name: i for i, name in enumerate(METRIC_NAMES + ("ece",))}
+    return dict(sorted(metrics.items(), key=lambda kv: order.get(kv[0], len(order))))
+
+
+def card_dict(version: ModelVersion) -> dict:
+    """The model card's input, from a version's manifest and the plot files beside it."""
+    m = version.manifest
+    calibration = m.get("calibration") or {}
+    metrics = dict(m.get("metrics") or {})
+    if "challenger_ece" in calibration:
+        metrics.setdefault("ece", calibration["challenger_ece"])
+    metrics = _in_metric_order(metrics)
+    champion = m.get("champion_metrics")
+    if champion is not None and "champion_ece" in calibration:
+        champion = dict(champion, ece=calibration["champion_ece"])
+    plots = {name: file for name, file in PLOT_FILES.items() if (version.path / file).exists()}
+    return {"version": version.version, "model_family": m.get("model_family"), "threshold": m.get("threshold"),
+            "feature_spec": m.get("feature_spec"), "data_window": m.get("data_window"),
+            "holdout_rows": m.get("holdout_rows"), "metrics": metrics, "champion_metrics": champion,
+            "champion_version": m.get("champion_version"),
+            "comparisons": list((m.get("comparisons") or {}).values()), "gate": m.get("gate"),
+            "drift": m.get("drift"), "plots": plots, "registered_at": m.get("registered_at"),
+            "run_id": m.get("run_id"), "code_version": m.get("code_version")}
+
+
+def write_card(version: ModelVersion, plots: dict[str, bytes]) -> tuple[Path, str]:
+    """Save ``plots`` and ``card.md`` into the version folder; returns (path, markdown).
+
+    The PNGs go first, so the card only links files that exist. Both are written
+    atomically: a reader of the folder never sees half a card.
+    """
+    for name, png in plots.items():
+        atomic_write_bytes(version.path / PLOT_FILES.get(name, f"{name}.png"), png)
+    markdown = render_model_card(card_dict(version))
+    path = version.path / CARD_FILE
+    atomic_write_bytes(path, markdown.encode())
+    return path, markdown
+
+
+def card_text(version: ModelVersion) -> str:
+    """The stored card, or one rendered from the manifest for versions that predate cards."""
+    path = version.path / CARD_FILE
+    return path.read_text() if path.exists() else render_model_card(card_dict(version))
+
+
+def _decision(m: dict) -> dict:
+    """The comparison that decided a version or a candidate, as plain values."""
+    metrics, champion = m.get("metrics") or {}, m.get("champion_metrics") or {}
+    roc = (m.get("comparisons") or {}).get("roc_auc") or {}
+    gate = m.get("gate") or {}
+    failed = [f"{o.get('metric')}: {o.get('reason')}" for o in gate.get("outcomes") or [] if not o.get("passed")]
+    return {"model_family": m.get("model_family"), "champion_version": m.get("champion_version"),
+            "roc_auc": metrics.get("roc_auc"), "champion_roc_auc": champion.get("roc_auc"),
+            "delta_roc_auc": roc.get("difference", (metrics["roc_auc"] - champion["roc_auc"])
+                                     if _finite(metrics.get("roc_auc")) and _finite(champion.get("roc_auc"))
+                                     else None),
+            "ci_low": roc.get("ci_low"), "ci_high": roc.get("ci_high"),
+            "gate_passed": gate.get("passed"), "bootstrap": gate.get("bootstrap"),
+            "failed_rules": failed, "run_id": m.get("run_id"), "metrics": metrics,
+            "champion_metrics": m.get("champion_metrics")}
+
+
+def registry_history(registry: ModelRegistry) -> dict:
+    """Versions (with the comparison that decided each), refused candidates, and problems."""
+    try:
+        pointer = registry.production_pointer() or {}
+    except RegistryError:
+        pointer = {}  # a damaged pointer is among registry.problems(); list the versions anyway
+    versions = [{"version": v.version, "production": v.version == pointer.get("version"),
+                 "registered_at": v.manifest.get("registered_at"), "data_window": v.manifest.get("data_window"),
+                 "card": str(v.path / CARD_FILE) if (v.path / CARD_FILE).exists() else None,
+                 **_decision(v.manifest)} for v in registry.versions()]
+    read = CandidateLog(registry.root).read()
+    candidates = [{"recorded_at": c.get("recorded_at"), "recorded_by": c.get("recorded_by"),
+                   "verdict": c.get("verdict"), "data_window": c.get("data_window"), **_decision(c)}
+                  for c in read.entries]
+    return {"registry": str(registry.root), "production": pointer.get("version"), "versions": versions,
+            "candidates": candidates, "problems": read.problems}
+
+
+def _fmt_metric(value) -> str:
+    return f"{value:.4f}" if _finite(value) else "-"
+
+
+def _decision_text(d: dict) -> str:
+    """"roc_auc 0.8214 vs v0001 0.7628 (delta +0.0586, 95% CI +0.0411 to +0.0761)"."""
+    text = f"roc_auc {_fmt_metric(d.get('roc_auc'))}"
+    if d.get("champion_version") is None:
+        return text + " (no champion: bootstrap, floors only)"
+    text += f" vs {d['champion_version']} {_fmt_metric(d.get('champion_roc_auc'))}"
+    if _finite(d.get("delta_roc_auc")):
+        text += f" (delta {d['delta_roc_auc']:+.4f}"
+        if _finite(d.get("ci_low")) and _finite(d.get("ci_high")):
+            text += f", 95% CI {d['ci_low']:+.4f} to {d['ci_high']:+.4f}"
+        text += ")"
+    return text
+
+
+def format_history(history: dict) -> str:
+    """``registry_history`` for the terminal: a line per version (* = production), then
+    each refused challenger with the rules that refused it."""
+    if not history["versions"] and not history["candidates"]:
+        return f"no model versions in {history['registry']}"
+    lines = []
+    for v in history["versions"]:
+        passed = v.get("gate_passed")
+        verdict = "gate not recorded" if passed is None else "gate passed" if passed else "gate REFUSED"
+        lines.append(f"{'*' if v['production'] else ' '} {v['version']}  {v.get('model_family') or '?':<24}"
+                     f" {_decision_text(v)}  {verdict}  holdout {(v.get('data_window') or {}).get('holdout')}"
+                     f"  registered {v.get('registered_at')}")
+    if history["candidates"]:
+        lines.append(f"refused challengers ({len(history['candidates'])}):")
+        for c in history["candidates"]:
+            lines.append(f"  x {c.get('recorded_at')}  run {str(c.get('run_id'))[:8]}"
+                         f"  {c.get('model_family') or '?':<24} {_decision_text(c)}")
+            lines += [f"      refused: {rule}" for rule in c.get("failed_rules") or []]
+    return "\n".join(lines)

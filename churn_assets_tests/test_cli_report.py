@@ -1,0 +1,125 @@
+"""The terminal side of model health: run summaries, versions, model cards, rollbacks seen by Dagster."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from churn_assets import cli
+
+from churn_assets_tests.conftest import FIRST_WEEK, NEXT_WEEK
+
+FAST = ["--families", "logistic_regression"]
+
+
+@pytest.fixture
+def churn_env(tmp_path, monkeypatch):
+    """A data directory and a config for in-process ``churn-assets`` commands."""
+    home = tmp_path / "home"
+    config = tmp_path / "churn.toml"
+    config.write_text('[source]\nkind = "simulator"\nn_customers = 1000\n')
+    monkeypatch.setenv("CHURN_ASSETS_HOME", str(home))
+    monkeypatch.setenv("CHURN_ASSETS_CONFIG", str(config))
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    # A ReconstructableJob memoizes its loaded definition by value (lru_cache): in one
+    # process, the previous test's settings would be reused. Each CLI call is a fresh
+    # process in real use, so clearing the cache is what makes this test like it.
+    from dagster._core.definitions.reconstruct import ReconstructableJob
+
+    ReconstructableJob.get_definition.cache_clear()
+    ReconstructableJob.get_repository_definition.cache_clear()
+    return home, config
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_materialize_summary_then_versions_card_and_rollback_reported_to_dagster(churn_env, capsys):
+    home, _ = churn_env
+    code, out, err = run_cli(capsys, "materialize", "--as-of", FIRST_WEEK, *FAST)
+    assert code == 0, out + err
+    # One line per finished step, then the summary; Dagster's DEBUG stream is in the log file.
+    steps = re.findall(r"^  done\s+(\S+) \(\d+\.\d s\)$", out, flags=re.M)
+    assert steps.index("raw_customers") < steps.index("evaluation_report") < steps.index("deployed_model")
+    assert "RUN_START" not in out + err and "STEP_START" not in out + err
+    log_file = Path(re.search(r"Dagster log: (\S+)\)", out).group(1))
+    assert log_file.parent == home / "logs" and "STEP_SUCCESS - deployed_model" in log_file.read_text()
+    assert re.search(r"^  records fetched: \d+ \(simulator", out, flags=re.M)
+    assert re.search(r"^  history rows: \d+", out, flags=re.M)
+    assert "chosen family: logistic_regression" in out
+    assert "gate: pass (bootstrap" in out and "production: v0001 (new" in out
+
+    code, out, err = run_cli(capsys, "materialize", "--as-of", NEXT_WEEK, *FAST)
+    assert code == 0, out + err
+    assert "challenger vs champion v0001" in out
+    assert re.search(r"^    roc_auc\s+0\.\d{4} vs 0\.\d{4}  delta [+-]0\.\d{4} \(95% CI ", out, flags=re.M)
+    assert "production: v0002 (new; was v0001)" in out
+
+    code, out, _ = run_cli(capsys, "versions", "--json")
+    listing = json.loads(out)
+    assert listing["production"] == "v0002" and listing["candidates"] == []
+    v2 = listing["versions"][1]
+    assert v2["champion_version"] == "v0001" and v2["gate_passed"] is True
+    assert v2["ci_low"] < v2["delta_roc_auc"] < v2["ci_high"]
+    code, out, _ = run_cli(capsys, "versions")
+    assert re.search(r"^\* v0002 .* vs v0001 0\.\d{4} \(delta [+-]0\.\d{4}, 95% CI ", out, flags=re.M)
+
+    card_file = home / "registry" / "versions" / "v0002" / "card.md"
+    assert run_cli(capsys, "card")[1] == card_file.read_text()
+    assert run_cli(capsys, "card", "v0001")[1].startswith("# Model card: churn model v0001")
+    code, _, err = run_cli(capsys, "card", "v0042")
+    assert code == 2 and "v0042" in err
+
+    code, out, err = run_cli(capsys, "rollback")
+    assert code == 0 and "production is now v0001" in out, err
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey("deployed_model"))
+    assert event.run_id == ""  # runless: reported outside any run
+    assert event.asset_materialization.metadata["production_version"].value == "v0001"
+    assert run_cli(capsys, "card")[1].startswith("# Model card: churn model v0001")
+
+
+def test_blocked_run_names_the_failing_rule_and_is_listed_as_a_refused_candidate(churn_env, capsys):
+    home, config = churn_env
+    config.write_text(config.read_text() + '\n[[gate.rules]]\nmetric = "roc_auc"\nfloor = 0.99\n')
+    code, out, err = run_cli(capsys, "materialize", "--as-of", FIRST_WEEK, *FAST)
+    assert code == 1
+    assert "Traceback" not in out + err
+    reason = err.strip().splitlines()[-1]
+    assert re.fullmatch(r"churn-assets materialize: deployment refused by the gate: "
+                        r"roc_auc: 0\.\d{4} is below the floor 0\.99", reason), reason
+    assert "gate: REFUSED: roc_auc" in out and "production:" not in out
+
+    code, out, _ = run_cli(capsys, "versions", "--json")
+    listing = json.loads(out)
+    assert listing["versions"] == [] and listing["production"] is None
+    [candidate] = listing["candidates"]
+    assert candidate["recorded_by"] == "deployment_gate" and candidate["model_family"] == "logistic_regression"
+    assert candidate["failed_rules"] == [reason.split("by the gate: ", 1)[1]]
+    code, out, _ = run_cli(capsys, "versions")
+    assert "refused challengers (1):" in out and "refused: roc_auc:" in out
+
+
+def test_validation_failure_ends_with_the_failing_columns_on_one_line(churn_env, tmp_path, capsys):
+    from churn_assets.core.spec import load_spec
+    from churn_assets_tests.conftest import simulator
+
+    home, config = churn_env
+    records = simulator(FIRST_WEEK, n_customers=200).fetch(load_spec("simulator"), None).records
+    export = tmp_path / "export.csv"
+    records.drop(columns=["plan"]).to_csv(export, index=False)
+    config.write_text(f'[source]\nkind = "file"\npath = "{export}"\n')
+    code, out, err = run_cli(capsys, "materialize", *FAST)
+    assert code == 1 and "Traceback" not in out + err
+    reason = err.strip().splitlines()[-1]
+    assert reason.startswith("churn-assets materialize: failed at clean_features: records do not match the"
+                             " 'simulator' feature spec: column 'plan' is missing"), reason
+    assert "  FAILED   clean_features: records do not match" in out
+    assert not (home / "registry" / "versions").exists()

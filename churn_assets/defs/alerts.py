@@ -3,6 +3,10 @@
 The webhook URL comes from ``CHURN_ASSETS_ALERT_WEBHOOK`` (unset: log only). Posting is
 best effort: the run's failure is already recorded by Dagster, and a dead webhook only
 adds a log line; it never replaces or hides the failure it was reporting.
+
+Every alert text is passed through ``sources.redaction.redact`` before it is logged or
+posted: an error message may quote a URL, and a password or ``token=`` in it must not
+end up in a Slack channel.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import logging
 import os
 
 import requests
+
+from churn_assets.sources.redaction import redact
 
 WEBHOOK_ENV = "CHURN_ASSETS_ALERT_WEBHOOK"
 log = logging.getLogger("churn_assets.defs.alerts")
@@ -32,7 +38,9 @@ def failure_reason(error) -> str:
 
 
 def slack_message(run_id: str, job: str, step: str | None, reason: str, ui_url: str = "") -> dict:
-    """Slack incoming-webhook JSON (``text`` for notifications, ``blocks`` for layout)."""
+    """Slack incoming-webhook JSON (``text`` for notifications, ``blocks`` for layout),
+    with credentials masked in every field."""
+    reason, step, job = redact(reason), redact(step) if step else step, redact(job)
     where = f"step `{step}`" if step else "the run"
     text = f"churn refresh failed: run {run_id} ({job}), {where}: {reason}"
     fields = [{"type": "mrkdwn", "text": f"*Run*\n`{run_id}`"},
@@ -43,13 +51,17 @@ def slack_message(run_id: str, job: str, step: str | None, reason: str, ui_url: 
         {"type": "section", "text": {"type": "mrkdwn", "text": f"*Reason*\n```{reason[:2500]}```"}},
     ]
     if ui_url:
-        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": ui_url}]})
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": redact(ui_url)}]})
     return {"text": text[:3000], "blocks": blocks}
 
 
 def post_alert(payload: dict, url: str | None = None, timeout: float = 5.0) -> bool:
     """POST ``payload`` to the webhook; True if it was accepted. Never raises."""
     url = url if url is not None else os.environ.get(WEBHOOK_ENV, "")
+    # Payloads built elsewhere get the same masking: this is the last point before Slack.
+    payload = {**payload, "text": redact(payload.get("text", ""))}
+    if "blocks" in payload:
+        payload["blocks"] = _redacted(payload["blocks"])
     log.error(payload["text"])  # the log line exists whether or not the webhook works
     if not url:
         return False
@@ -62,3 +74,14 @@ def post_alert(payload: dict, url: str | None = None, timeout: float = 5.0) -> b
         log.error("alert webhook (%s) failed: %s; the failure above stands", WEBHOOK_ENV,
                   type(exc).__name__)
         return False
+
+
+def _redacted(value):
+    """``value`` (JSON-like) with ``redact`` applied to every string in it."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    return value

@@ -5,15 +5,17 @@ from dataclasses import dataclass
 
 import dagster as dg
 import pandas as pd
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from churn_assets.defs.resources import ChurnStorage, TrainingPlan
+from churn_assets.defs.decisions import DecisionLog, already_decided, coverage_of
+from churn_assets.defs.resources import ChurnStorage, DeploymentGateRules, TrainingPlan
 from churn_assets.sources.base import CustomerSource, SourceError, TransientSourceError
+from churn_assets.sources.redaction import redact
 from churn_assets.core.markdown import md_table
 from churn_assets.core.spec import LABEL, churn_label
 from churn_assets.core.training import NotEnoughHistory, split_by_time
+from churn_assets.defs.window import load_training_history
 from churn_assets.core.validation import RecordValidationError, validate_records
-from churn_assets.core.code_version import code_version
 
 
 class RefreshConfig(dg.Config):
@@ -23,18 +25,16 @@ class RefreshConfig(dg.Config):
                                        " label horizon before it have provisional labels. Empty:"
                                        " the source's default (the real date for live sources).")
 
-    @field_validator("as_of")
-    @classmethod
-    def _iso_date(cls, value: str) -> str:
-        if value:
-            try:
-                dt.date.fromisoformat(value)
-            except ValueError:
-                raise ValueError(f"as_of must be a date YYYY-MM-DD, not {value!r}") from None
-        return value
-
     def as_of_timestamp(self) -> pd.Timestamp | None:
-        return pd.Timestamp(self.as_of) if self.as_of else None
+        """The run's "today", or None for the source's default; a bad date fails the step
+        once (a configuration error: the RetryPolicy is for transient source faults)."""
+        if not self.as_of:
+            return None
+        try:
+            return pd.Timestamp(dt.date.fromisoformat(self.as_of))
+        except ValueError:
+            raise dg.Failure(description=f"raw_customers config: as_of must be a date YYYY-MM-DD,"
+                                         f" not {self.as_of!r}", allow_retries=False) from None
 
 
 @dataclass
@@ -45,6 +45,16 @@ class RawBatch:
     watermark: str | None
     as_of: pd.Timestamp
     source: str
+
+
+@dataclass
+class _NoUpsert:
+    """Row counts of a run that re-evaluated the stored history without a new batch."""
+
+    total_rows: int
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
 
 
 def _preview(frame: pd.DataFrame, rows: int = 5) -> dg.MetadataValue:
@@ -60,12 +70,15 @@ def _preview(frame: pd.DataFrame, rows: int = 5) -> dg.MetadataValue:
 )
 def raw_customers(context: dg.AssetExecutionContext, config: RefreshConfig,
                   customer_source: dg.ResourceParam[CustomerSource],
-                  storage: ChurnStorage, training_plan: TrainingPlan):
+                  storage: ChurnStorage, training_plan: TrainingPlan,
+                  gate_rules: DeploymentGateRules):
     """New or changed customer snapshots since the stored watermark, as the source sent them.
 
     The batch is kept in the landing folder as received. It enters the customer history
     only once ``clean_features`` has validated it, so bad data never reaches the history.
-    With nothing new the asset is not materialized and the rest of the graph is skipped.
+    With nothing new the asset is not materialized and the rest of the graph is skipped,
+    unless the stored history holds labelled data no deploy decision has covered yet
+    (``defs.decisions``): then an empty batch goes on and the graph retrains.
     """
     spec = training_plan.feature_spec()
     watermark = storage.history().state().get("watermark")
@@ -73,20 +86,39 @@ def raw_customers(context: dg.AssetExecutionContext, config: RefreshConfig,
         batch = customer_source.fetch(spec, watermark, as_of=config.as_of_timestamp())
     except TransientSourceError as exc:
         # The source's own retries ran out; the RetryPolicy above tries again later.
-        raise dg.Failure(description=str(exc), allow_retries=True) from None
+        raise dg.Failure(description=redact(str(exc)), allow_retries=True) from None
     except SourceError as exc:
         # Bad token, wrong URL, broken contract: retrying cannot help, so fail at once.
-        raise dg.Failure(description=str(exc), allow_retries=False) from None
+        raise dg.Failure(description=redact(str(exc)), allow_retries=False) from None
     except (ValueError, TypeError, KeyError) as exc:
         # A configuration or data-shape mistake: the RetryPolicy is for transient faults only.
-        raise dg.Failure(description=f"{customer_source.describe()}: {type(exc).__name__}: {exc}",
+        # Messages go to the run database and to Slack: no URL credentials in them.
+        raise dg.Failure(description=redact(f"{customer_source.describe()}: {type(exc).__name__}: {exc}"),
                          allow_retries=False) from None
+    # The description goes to metadata, the history's state.json and logs: no credentials.
+    batch.description = redact(batch.description)
     if batch.records.empty:
-        message = f"no new customer records since watermark {watermark} ({batch.description}); nothing to retrain"
+        # No new records does not mean nothing to do: a run killed after clean_features
+        # stored the last batch (and moved the watermark) left labelled history that no
+        # gate decision has covered yet. Retrain exactly then, and only then.
+        undecided = _undecided_history(storage, training_plan, gate_rules, batch.as_of)
+        if undecided is None:
+            message = (f"no new customer records since watermark {watermark} ({batch.description});"
+                       " nothing to retrain")
+            context.log.info(message)
+            context.log_event(dg.AssetObservation(
+                asset_key=context.asset_key,
+                metadata={"new_records": 0, "watermark": str(watermark), "status": message}))
+            return
+        message = (f"no new customer records since watermark {watermark}, but the stored history"
+                   f" has labelled data up to {undecided['newest_final_snapshot']} that no deploy"
+                   " decision covered (an earlier run stopped before deciding); retraining")
         context.log.info(message)
-        context.log_event(dg.AssetObservation(
-            asset_key=context.asset_key,
-            metadata={"new_records": 0, "watermark": str(watermark), "status": message}))
+        yield dg.Output(RawBatch(batch.records, watermark, batch.as_of, batch.description),
+                        metadata={"records": 0, "source": batch.description,
+                                  "previous_watermark": str(watermark),
+                                  "new_watermark": str(watermark),
+                                  "as_of": str(batch.as_of.date()), "status": message})
         return
     landed = storage.land(batch.records, context.run.run_id)
     yield dg.Output(
@@ -103,56 +135,83 @@ def raw_customers(context: dg.AssetExecutionContext, config: RefreshConfig,
     )
 
 
-def _production_matches_code(storage: ChurnStorage, spec) -> bool:
-    """True when production was trained by this code on this spec: nothing to retrain for."""
-    production = storage.registry().production()
-    return (production is not None
-            and production.manifest.get("code_version") == code_version()
-            and production.manifest.get("feature_spec") == spec.to_dict())
+def _undecided_history(storage: ChurnStorage, training_plan: TrainingPlan,
+                       gate_rules: DeploymentGateRules, as_of: pd.Timestamp) -> dict | None:
+    """The coverage of the stored history at ``as_of`` if no deploy decision covers it yet."""
+    spec = training_plan.feature_spec()
+    stored = storage.history().load()
+    if stored is None or stored.empty:
+        return None
+    stored[LABEL] = churn_label(stored[spec.target_column], spec)
+    try:
+        frames = split_by_time(stored, spec, training_plan.window_plan(), as_of)
+    except NotEnoughHistory:
+        return None  # nothing a model could be trained on yet
+    coverage = coverage_of(frames, spec)
+    if already_decided(storage.root, coverage, spec, gate_rules.gate_rules()):
+        return None
+    return coverage
 
 
 @dg.asset(group_name="churn", kinds={"pandas", "pandera"}, output_required=False)
 def clean_features(context: dg.AssetExecutionContext, raw_customers: RawBatch,
-                   storage: ChurnStorage, training_plan: TrainingPlan):
+                   storage: ChurnStorage, training_plan: TrainingPlan,
+                   gate_rules: DeploymentGateRules):
     """The batch validated against the feature spec, upserted into the history, and the
     history cut by time into train / validation / holdout weeks.
 
     A batch that fails validation changes nothing: the history and watermark stay as
-    they were, and the error names every failing column and check. A batch that changes
-    no stored row (a file source re-read), with production trained by this code on this
-    spec, is not materialized, so nothing downstream retrains.
+    they were, and the error names every failing column and check.
+
+    Whether the rest of the graph retrains depends on the history, not on the batch: when
+    the last deploy decision (deployed or refused, ``defs.decisions``) was made on exactly
+    these labelled rows with this code and spec, the asset is not materialized and nothing
+    downstream runs (a file source re-read, a week with only provisional rows). Otherwise
+    it records what this run evaluates, so a kill before the decision retrains next time.
     """
     spec = training_plan.feature_spec()
-    try:
-        valid = validate_records(raw_customers.records, spec)
-    except RecordValidationError as exc:
-        raise dg.Failure(
-            description=str(exc),
-            metadata={"failure_cases": dg.MetadataValue.md(
-                md_table(exc.failure_cases.head(50).to_dict("records")))},
-            allow_retries=False,
-        ) from exc
     history = storage.history()
-    summary = history.upsert(
-        valid.drop(columns=[LABEL]), spec.key_columns,
-        state={"watermark": raw_customers.watermark, "as_of": str(raw_customers.as_of),
-               "source": raw_customers.source},
-    )
-    if summary.changed == 0 and _production_matches_code(storage, spec):
-        message = (f"the batch of {summary.received} records changed no stored row and production"
-                   " was trained by this code on this spec; nothing to retrain")
-        context.log.info(message)
-        context.log_event(dg.AssetObservation(asset_key=context.asset_key,
-                                              metadata={"changed_rows": 0, "status": message}))
-        return
-    stored = history.load()
+    if raw_customers.records.empty:
+        summary = None  # an undecided history re-evaluated (raw_customers says why)
+    else:
+        try:
+            valid = validate_records(raw_customers.records, spec)
+        except RecordValidationError as exc:
+            raise dg.Failure(
+                description=str(exc),
+                metadata={"failure_cases": dg.MetadataValue.md(
+                    md_table(exc.failure_cases.head(50).to_dict("records")))},
+                allow_retries=False,
+            ) from exc
+        summary = history.upsert(
+            valid.drop(columns=[LABEL]), spec.key_columns,
+            state={"watermark": raw_customers.watermark, "as_of": str(raw_customers.as_of),
+                   "source": raw_customers.source},
+        )
+    stored = load_training_history(history, spec, training_plan.window_plan(), raw_customers.as_of)
     stored[LABEL] = churn_label(stored[spec.target_column], spec)
     try:
         frames = split_by_time(stored, spec, training_plan.window_plan(), raw_customers.as_of)
     except NotEnoughHistory as exc:
         raise dg.Failure(description=f"not enough labelled history yet: {exc}", allow_retries=False) from exc
+    coverage = coverage_of(frames, spec)
+    decided = already_decided(storage.root, coverage, spec, gate_rules.gate_rules())
+    if decided:
+        received = summary.received if summary else 0
+        changed = summary.changed if summary else 0
+        message = (f"the batch of {received} records changed {changed} stored rows, and {decided};"
+                   " nothing to retrain")
+        context.log.info(message)
+        context.log_event(dg.AssetObservation(asset_key=context.asset_key,
+                                              metadata={"changed_rows": changed, "status": message}))
+        return
+    # Before training starts: a kill from here on leaves this record without an outcome,
+    # so the next run retrains instead of skipping (issue 8).
+    DecisionLog(storage.root).record_evaluation(context.run.run_id, coverage)
     counts = {"train": len(frames.train), "validation": len(frames.validation),
               "holdout": len(frames.holdout)}
+    if summary is None:
+        summary = _NoUpsert(total_rows=len(stored))
     context.log.info(f"history {summary.total_rows} rows; {summary.inserted} new, "
                      f"{summary.updated} updated; held back {frames.held_back_rows} with open labels")
     yield dg.Output(
@@ -168,6 +227,8 @@ def clean_features(context: dg.AssetExecutionContext, raw_customers: RawBatch,
             "data_window": dg.MetadataValue.json(frames.window(spec)),
             "churn_rate_train": float(frames.train[LABEL].mean()),
             "churn_rate_holdout": float(frames.holdout[LABEL].mean()),
+            "newest_final_snapshot": str(coverage["newest_final_snapshot"]),
+            "data_signature": coverage["signature"][:16],
         },
     )
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from churn_assets.defs.schedules import REFRESH_TAG, churn_refresh, refresh_in_progress
+from churn_assets.defs.liveness import PID_TAG, host_tags
+from churn_assets.defs.schedules import REFRESH_TAG, churn_refresh, dead_refreshes, refresh_in_progress
 
 
 class RefreshBusy(RuntimeError):
@@ -68,16 +69,40 @@ def refresh_job() -> dg.JobDefinition:
     return build_defs().resolve_job_def(churn_refresh.name)
 
 
+def fail_dead_refreshes(instance: dg.DagsterInstance) -> list[str]:
+    """Mark refreshes whose process is gone as failed; their ids.
+
+    Run monitoring in the daemon does this within a poll interval; a data directory used
+    only from the command line has no daemon, so ``materialize`` does it before it
+    starts. Only runs judged dead by ``defs.liveness`` (their pid is gone from this host,
+    or nothing was logged for hours) are touched. The RUN_FAILURE event this writes is
+    what the failure alert sensor reports.
+    """
+    failed = []
+    for run, reason in dead_refreshes(instance):
+        instance.report_run_failed(run, f"churn-assets: refresh run {run.run_id} stopped without"
+                                        f" finishing: {reason}. Marked failed before starting a"
+                                        " new refresh.")
+        failed.append(run.run_id)
+    return failed
+
+
 def run_refresh(home: Path, instance: dg.DagsterInstance, run_config: dict,
                 select: str = "*") -> dg.ExecutionResult:
-    """Execute ``churn_refresh`` in this process as a run of ``instance``."""
+    """Execute ``churn_refresh`` in this process as a run of ``instance``.
+
+    The run carries this process's pid and host as tags, so ``defs.liveness`` can tell a
+    killed ``materialize`` from a running one.
+    """
     with refresh_lock(home):
+        fail_dead_refreshes(instance)
         running = refresh_in_progress(instance)
         if running:
             raise RefreshBusy(f"refresh run {running} is queued or running in the instance;"
                               " wait for it to finish, then try again")
         selection = None if select in ("*", "") else [dg.AssetKey.from_user_string(k)
                                                        for k in select.split(",")]
+        tags = {REFRESH_TAG: "true", PID_TAG: str(os.getpid()), **host_tags()}
         return dg.execute_job(dg.reconstructable(refresh_job), instance=instance,
-                              run_config=run_config, tags={REFRESH_TAG: "true"},
+                              run_config=run_config, tags=tags,
                               asset_selection=selection, raise_on_error=False)

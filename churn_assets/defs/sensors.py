@@ -18,6 +18,7 @@ import json
 import dagster as dg
 
 from churn_assets.defs.alerts import WEBHOOK_ENV, failure_reason, post_alert, slack_message
+from churn_assets.defs.liveness import host_tags
 from churn_assets.defs.resources import ChurnStorage, TrainingPlan
 from churn_assets.defs.schedules import as_of_run_config, churn_refresh, refresh_in_progress
 from churn_assets.settings import Settings
@@ -54,7 +55,7 @@ def new_data_sensor(settings: Settings) -> dg.SensorDefinition:
             run_requests=[dg.RunRequest(
                 run_key=f"new-data-{found.newest}",
                 run_config=as_of_run_config(dt.datetime.now(dt.timezone.utc)),
-                tags={"churn_assets/new_records": str(found.count)})],
+                tags={"churn_assets/new_records": str(found.count), **host_tags()})],
             cursor=json.dumps({"requested_up_to": found.newest, "new_records": found.count,
                                "watermark": watermark}),
         )
@@ -73,11 +74,36 @@ def gate_verdict(instance: dg.DagsterInstance, run_id: str) -> str | None:
     return None
 
 
+def unfinished_step(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    """The step a run had started and not finished: where a killed run died."""
+    finished = {dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE,
+                dg.DagsterEventType.STEP_SKIPPED}
+    open_steps: dict[str, None] = {}
+    for record in instance.get_records_for_run(
+            run_id=run_id, of_type={dg.DagsterEventType.STEP_START, *finished}).records:
+        event = record.event_log_entry.dagster_event
+        if event.event_type == dg.DagsterEventType.STEP_START:
+            open_steps[event.step_key] = None
+        else:
+            open_steps.pop(event.step_key, None)
+    return next(reversed(open_steps), None) if open_steps else None
+
+
 def describe_failure(context: dg.RunFailureSensorContext) -> tuple[str | None, str]:
-    """(failing step, reason) of a failed run, with a blocked gate said in plain words."""
+    """(failing step, reason) of a failed run, with a blocked gate said in plain words.
+
+    A run whose process died (kill -9, OOM, reboot) has no step failure: run monitoring
+    or ``churn-assets materialize`` marked it failed. The alert then names the step it
+    died in and says so, instead of quoting Dagster's worker-status message alone.
+    """
     steps = context.get_step_failure_events()
     if not steps:
-        return None, context.failure_event.message or "run failed before any step ran"
+        message = context.failure_event.message or "run failed before any step ran"
+        died_in = unfinished_step(context.instance, context.dagster_run.run_id)
+        if died_in:
+            return died_in, (f"the run's process died while `{died_in}` was running (killed or"
+                             f" crashed; nothing after it ran): {message}")
+        return None, message
     step = steps[0].step_key
     if step.endswith(GATE_STEP_SUFFIX):
         verdict = gate_verdict(context.instance, context.dagster_run.run_id)
@@ -85,7 +111,11 @@ def describe_failure(context: dg.RunFailureSensorContext) -> tuple[str | None, s
     return step, failure_reason(steps[0].event_specific_data.error)
 
 
+# monitor_all_code_locations: a run started by `churn-assets materialize` (execute_job in
+# the CLI process) carries no code-location origin, and a sensor watching only its own
+# location never sees it fail; the instance is this project's alone, so "all" is ours.
 @dg.run_failure_sensor(name="churn_failure_alert", default_status=dg.DefaultSensorStatus.RUNNING,
+                       monitor_all_code_locations=True,
                        description=f"Post failed runs to the Slack webhook in ${WEBHOOK_ENV}.")
 def churn_failure_alert(context: dg.RunFailureSensorContext):
     step, reason = describe_failure(context)

@@ -11,7 +11,10 @@ contract violations are ``SourceError`` (no point in retrying).
 
 The token is read from the environment variable ``token_env`` names when a session
 opens (so a rotated token is picked up by the next run) and never put in a message, log
-or repr.
+or repr. Credentials in ``base_url`` itself (``https://user:password@host``) are refused
+when the source is built, and every description and error message is passed through
+``sources.redaction.redact`` as well (``token=`` / ``password=`` query values), so a
+secret in the URL cannot reach the history's state.json, run metadata or an alert.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections.abc import Iterator
 
 import pandas as pd
 import requests
-from pydantic import Field
+from pydantic import ConfigDict, Field, model_validator
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
@@ -30,6 +33,7 @@ from urllib3.util.retry import Retry
 from churn_assets.sources.base import (CustomerSource, NewRecords, SourceBatch, SourceError,
                                   TransientSourceError, next_watermark, parse_updated_at)
 from churn_assets.core.spec import FeatureSpec
+from churn_assets.sources.redaction import has_credentials, redact
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 API_PREFIX = "/v1/customers"
@@ -41,6 +45,9 @@ class HttpSource(CustomerSource):
     ``token`` overrides the environment variable ``token_env`` (tests); leave it empty in
     configuration, so the secret never sits in a config file or the run's config.
     """
+
+    # A refused value must not come back in pydantic's own error text ("input_value=...").
+    model_config = ConfigDict(**CustomerSource.model_config, hide_input_in_errors=True)
 
     base_url: str
     token: str = Field(default="", repr=False)
@@ -58,8 +65,24 @@ class HttpSource(CustomerSource):
     # next scheduled run, not to a worker blocked in sleep.
     max_retry_after: int = 300
 
+    @model_validator(mode="after")
+    def _no_credentials_in_url(self) -> HttpSource:
+        # The URL is shown in run metadata, state.json and alerts; a password in it would
+        # be stored in plain text there, and a 401 would then name the wrong fix.
+        if has_credentials(self.base_url):
+            raise ValueError(
+                f"source.base_url must not carry credentials (user:password@ or token@):"
+                f" {redact(self.base_url)}; put the API token in the environment variable"
+                f" {self.token_env} (source.token_env) instead; it is sent as a bearer token")
+        return self
+
     def describe(self) -> str:
-        return f"http ({self.base_url})"
+        return f"http ({redact(self.base_url)})"
+
+    def __repr_args__(self):
+        # repr() ends up in tracebacks and Dagster's resource logs: the URL as described.
+        for name, value in super().__repr_args__():
+            yield name, redact(value) if name == "base_url" else value
 
     # --- transport -----------------------------------------------------------------
 
@@ -87,11 +110,19 @@ class HttpSource(CustomerSource):
         return self.token or os.environ.get(self.token_env, "")
 
     def _scrub(self, text: str) -> str:
-        # Defence in depth: a server that echoes the header must not leak it through us.
+        # Defence in depth: a server that echoes the header must not leak it through us,
+        # and a secret query value in the URL must not reach a message either.
         token = self.bearer_token()
-        return text.replace(token, "***") if token else text
+        return redact(text.replace(token, "***") if token else text)
 
     def get_json(self, session: requests.Session, path: str, params: dict) -> dict:
+        """One GET, as JSON; every error message it raises is scrubbed of secrets."""
+        try:
+            return self._get_json(session, path, params)
+        except SourceError as exc:
+            raise type(exc)(self._scrub(str(exc))) from None
+
+    def _get_json(self, session: requests.Session, path: str, params: dict) -> dict:
         url = self.base_url.rstrip("/") + path
         try:
             response = session.get(url, params=params,
@@ -204,7 +235,7 @@ class HttpSource(CustomerSource):
         stamp = pd.Timestamp(run_as_of if run_as_of is not None else as_of or
                              pd.Timestamp.now(tz="UTC").tz_localize(None))
         return SourceBatch(records, new_mark, stamp,
-                           f"http: {self.base_url}, {len(records)} records in {pages} pages")
+                           f"http: {redact(self.base_url)}, {len(records)} records in {pages} pages")
 
     def count_new(self, spec: FeatureSpec, watermark: str | None) -> NewRecords:
         params = {"updated_since": pd.Timestamp(watermark).isoformat()} if watermark else {}

@@ -32,6 +32,19 @@ def to_float(series: pd.Series) -> pd.Series:
     return pd.to_numeric(stripped, errors="raise").astype("float64")
 
 
+def canonical_categories(values: pd.Series, aliases: dict[str, str]) -> np.ndarray:
+    """``categories.normalize_category`` of every value, as an object array (n_rows,).
+
+    Normalised once per distinct raw value, not once per row: a column of a million rows
+    holds a few dozen spellings, so this costs a factorize instead of a million calls.
+    Missing values are NaN, not None: SimpleImputer recognises only NaN in object columns.
+    """
+    codes, uniques = pd.factorize(values.astype("object"), use_na_sentinel=True)
+    canonical = [normalize_category(u, aliases) for u in uniques]
+    table = np.array([np.nan if c is None else c for c in canonical] + [np.nan], dtype=object)
+    return table[codes]  # code -1 (missing) picks the trailing NaN
+
+
 class RecordNormalizer(TransformerMixin, BaseEstimator):
     """Select the spec's feature columns and put them in canonical form.
 
@@ -57,10 +70,7 @@ class RecordNormalizer(TransformerMixin, BaseEstimator):
         for col in spec.numeric_features:
             out[col] = to_float(X[col]).to_numpy()
         for col in spec.categorical_features:
-            aliases = spec.category_aliases.get(col, {})
-            # NaN, not None, for missing: SimpleImputer recognises only NaN in object columns.
-            out[col] = np.array([np.nan if (c := normalize_category(v, aliases)) is None else c
-                                 for v in X[col].astype("object")], dtype=object)
+            out[col] = canonical_categories(X[col], spec.category_aliases.get(col, {}))
         return pd.DataFrame(out, index=X.index)
 
     def get_feature_names_out(self, input_features=None):

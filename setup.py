@@ -1,5 +1,7 @@
 from setuptools import find_packages, setup
 
+DISTRIBUTED = ["dagster-postgres==0.29.27", "dagster-celery[redis]==0.29.27"]
+
 setup(
     name="churn_assets",
     version="0.2.0",
@@ -33,7 +35,14 @@ setup(
         # Model-health plots (PNG) in the UI, the registry and the model card.
         "matplotlib>=3.9,<4",
     ],
-    extras_require={"dev": ["pytest>=8", "httpx>=0.27"],
-                    "bench": ["flask>=3,<4"]},
+    extras_require={
+        # Dagster's own engines across machines (docs/deploy.md): the instance in
+        # PostgreSQL, steps on Celery workers. Pinned to the integration release that
+        # matches dagster==1.13.27 (a bare install resolves a 2021 release).
+        "distributed": DISTRIBUTED,
+        # The tests exercise the distributed engines too (a real Celery worker on Redis).
+        "dev": ["pytest>=8", "httpx>=0.27", *DISTRIBUTED],
+        "bench": ["flask>=3,<4"],
+    },
     entry_points={"console_scripts": ["churn-assets=churn_assets.cli:main"]},
 )

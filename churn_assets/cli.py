@@ -44,31 +44,43 @@ telemetry:
 """ + "".join(DAGSTER_RELIABILITY_SECTIONS.values())
 
 
-def prepare_dagster_home(home: Path) -> Path:
+def postgres_storage(url_env: str) -> str:
+    """dagster.yaml ``storage`` in PostgreSQL, its URL read from ``url_env`` when the
+    instance loads (the URL may carry a password; it never enters the file)."""
+    return f"storage:\n  postgres:\n    postgres_url:\n      env: {url_env}\n"
+
+
+def prepare_dagster_home(home: Path, postgres_url_env: str = "") -> Path:
     """A persistent Dagster instance under the churn-assets data directory.
 
     A dagster.yaml written by an earlier version (or edited by hand) keeps every line;
     only the missing top-level sections of ``DAGSTER_RELIABILITY_SECTIONS`` are appended,
     so an instance never stays without run monitoring. A section the user set (their own
-    run_launcher, monitoring switched off) is left as it is.
+    run_launcher, monitoring switched off) is left as it is. ``postgres_url_env``
+    (``[dagster] postgres_url_env``) puts runs, events and schedules in PostgreSQL: the
+    URL must name the driver, ``postgresql+psycopg2://`` (SQLAlchemy 2.1 maps a bare
+    ``postgresql://`` to psycopg 3, which dagster-postgres does not use).
     """
     import yaml
 
     dagster_home = home / "dagster"
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
+    sections = dict(DAGSTER_RELIABILITY_SECTIONS)
+    if postgres_url_env:
+        sections["storage"] = postgres_storage(postgres_url_env)
     if not config.exists():
-        config.write_text(DAGSTER_YAML)
+        config.write_text(DAGSTER_YAML + (sections.get("storage", "")))
         return dagster_home
     text = config.read_text()
     try:
         present = yaml.safe_load(text) or {}
     except yaml.YAMLError:
         return dagster_home  # not ours to repair; Dagster names the error when it loads it
-    missing = [block for key, block in DAGSTER_RELIABILITY_SECTIONS.items()
+    missing = [block for key, block in sections.items()
                if not isinstance(present, dict) or key not in present]
     if missing:
-        added = "# Added by churn-assets: mark runs whose process died as failed.\n" + "".join(missing)
+        added = "# Added by churn-assets (run monitoring, [dagster] settings).\n" + "".join(missing)
         config.write_text(text + ("" if text.endswith("\n") or not text else "\n") + added)
     return dagster_home
 
@@ -76,7 +88,8 @@ def prepare_dagster_home(home: Path) -> Path:
 def _dagster(args: list[str]) -> int:
     settings = load_settings()
     env = dict(os.environ)
-    env.setdefault("DAGSTER_HOME", str(prepare_dagster_home(settings.home)))
+    dagster_home = prepare_dagster_home(settings.home, settings.dagster.postgres_url_env)
+    env.setdefault("DAGSTER_HOME", str(dagster_home))
     dagster = Path(sys.executable).with_name("dagster")
     command = [str(dagster) if dagster.exists() else "dagster", *args]
     os.execvpe(command[0], command, env)
@@ -93,7 +106,7 @@ def cmd_materialize(ns: argparse.Namespace) -> int:
                                                  run_summary)
 
     settings = load_settings()
-    dagster_home = prepare_dagster_home(settings.home)
+    dagster_home = prepare_dagster_home(settings.home, settings.dagster.postgres_url_env)
     os.environ.setdefault("DAGSTER_HOME", str(dagster_home))
     run_config = refresh_run_config(ns.as_of, ns.families, ns.seed)
     if not ns.verbose:
@@ -174,7 +187,7 @@ def _report_production_to_dagster(pointer: dict, action: str) -> str | None:
         import dagster as dg
 
         settings = load_settings()
-        dagster_home = prepare_dagster_home(settings.home)
+        dagster_home = prepare_dagster_home(settings.home, settings.dagster.postgres_url_env)
         with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
             instance.report_runless_asset_event(dg.AssetMaterialization(
                 asset_key="deployed_model",

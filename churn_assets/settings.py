@@ -156,25 +156,43 @@ class GateRuleSettings(_Strict):
     metric: Literal[METRIC_NAMES]  # type: ignore[valid-type]
     floor: float | None = None
     max_regression: float | None = None
+    # "point": the measured drop must be <= max_regression; "noninferiority": refuse only
+    # when the paired comparison shows, at `confidence`, a drop beyond it (core.gate).
+    mode: Literal["point", "noninferiority"] = "point"
+    confidence: float = 0.95
 
     @field_validator("floor", "max_regression")
     @classmethod
     def _finite_bounds(cls, value: float | None) -> float | None:
         return _finite(value)
 
+    @field_validator("confidence")
+    @classmethod
+    def _confidence_level(cls, value: float) -> float:
+        _finite(value)
+        if not 0.5 < value < 1:
+            raise ValueError("must be strictly between 0.5 and 1 (a one-sided confidence level, e.g. 0.95)")
+        return value
+
     @model_validator(mode="after")
     def _something_to_check(self):
         if self.floor is None and self.max_regression is None:
             raise ValueError(f"the {self.metric} rule sets neither floor nor max_regression")
+        if self.mode == "noninferiority" and self.max_regression is not None and self.max_regression < 0:
+            raise ValueError(f"the {self.metric} noninferiority rule needs max_regression >= 0")
         return self
 
     def rule(self) -> GateRule:
-        return GateRule(self.metric, self.floor, self.max_regression)
+        return GateRule(self.metric, self.floor, self.max_regression, self.mode, self.confidence)
+
+    @classmethod
+    def from_rule(cls, rule: GateRule) -> GateRuleSettings:
+        return cls(metric=rule.metric, floor=rule.floor, max_regression=rule.max_regression,
+                   mode=rule.mode, confidence=rule.confidence)
 
 
 def _default_rules() -> list[GateRuleSettings]:
-    return [GateRuleSettings(metric=r.metric, floor=r.floor, max_regression=r.max_regression)
-            for r in DEFAULT_RULES]
+    return [GateRuleSettings.from_rule(r) for r in DEFAULT_RULES]
 
 
 class GateSettings(_Strict):
@@ -227,6 +245,62 @@ class SensorSettings(_Strict):
     interval_seconds: int = Field(300, ge=30)
 
 
+class DagsterSettings(_Strict):
+    """Where Dagster keeps its runs and how it executes steps (docs/deploy.md)."""
+
+    # in_process: one process, milliseconds per step (the default: the graph is a chain).
+    # multiprocess: a process per step. celery: steps go to Celery workers via a broker.
+    executor: Literal["in_process", "multiprocess", "celery"] = "in_process"
+    # Variables holding URLs (they may carry passwords, so never the URLs themselves).
+    postgres_url_env: str = ""
+    celery_broker_env: str = "CHURN_ASSETS_CELERY_BROKER"
+    celery_backend_env: str = ""
+
+    @model_validator(mode="after")
+    def _celery_needs_a_broker(self):
+        if self.executor == "celery" and not self.celery_broker_env:
+            raise ValueError("executor = 'celery' needs celery_broker_env (a variable holding"
+                             " the broker URL, e.g. redis://127.0.0.1:6379/0)")
+        return self
+
+
+class ScoresSettings(_Strict):
+    """The weekly churn-risk list (`churn_scores`): who is scored and where it goes."""
+
+    # Customers whose newest snapshot is this close to the newest snapshot of all: the
+    # active base. Customers last seen long ago have already left; scoring them is noise.
+    active_within_days: int = Field(14, ge=1, le=3650)
+    chunk_rows: int = Field(250_000, ge=1_000)
+    # Variable holding a SQLAlchemy URL; set it to upsert the list into `sql_table` too.
+    sql_url_env: str = ""
+    sql_table: str = Field("churn_scores", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+class MonitoringSettings(_Strict):
+    """Production-model health: drift (PSI) thresholds, allowed AUC decay, the sensor."""
+
+    psi_watch: float = Field(0.1, ge=0, allow_inf_nan=False)
+    psi_act: float = Field(0.25, ge=0, allow_inf_nan=False)
+    # Realized ROC AUC this far below the deploy-time AUC is decay (alert + refresh).
+    max_auc_decay: float = Field(0.03, ge=0, le=1)
+    decay_weeks: int = Field(4, ge=1, le=52)  # newest matured weeks the decay is judged on
+    current_weeks: int = Field(1, ge=1, le=52)
+    reference_sample_rows: int = Field(50_000, ge=1000)
+    score_sample_rows: int = Field(10_000, ge=1000)  # rows scored per side for prediction drift
+    rows_per_week: int = Field(20_000, ge=1000)  # rows scored per week: realized and estimated
+    estimate_draws: int = Field(200, ge=20, le=10_000)
+    sensor_enabled: bool = True
+    sensor_interval_seconds: int = Field(300, ge=30)
+    retrain_on_drift: bool = True
+    retrain_on_decay: bool = True
+
+    @model_validator(mode="after")
+    def _watch_below_act(self):
+        if self.psi_watch > self.psi_act:
+            raise ValueError(f"psi_watch ({self.psi_watch}) must not exceed psi_act ({self.psi_act})")
+        return self
+
+
 class Settings(_Strict):
     """The whole configuration; ``load_settings`` builds it from the TOML file."""
 
@@ -239,6 +313,9 @@ class Settings(_Strict):
     gate: GateSettings = Field(default_factory=GateSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     sensor: SensorSettings = Field(default_factory=SensorSettings)
+    scores: ScoresSettings = Field(default_factory=ScoresSettings)
+    dagster: DagsterSettings = Field(default_factory=DagsterSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
     @field_validator("spec")
     @classmethod
@@ -263,8 +340,7 @@ class Settings(_Strict):
     def with_rules(self, rules) -> Settings:
         """A copy with other gate rules (``GateRule`` objects)."""
         return self.model_copy(update={"gate": GateSettings(rules=[
-            GateRuleSettings(metric=r.metric, floor=r.floor, max_regression=r.max_regression)
-            for r in rules])})
+            GateRuleSettings.from_rule(r) for r in rules])})
 
 
 def load_settings(environ: dict | None = None) -> Settings:

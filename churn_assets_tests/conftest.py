@@ -68,7 +68,8 @@ def shuffled_label_churn_model(config: ModelConfig, clean_features: ModelingFram
 
 
 def with_shuffled_labels() -> list:
-    return [shuffled_label_churn_model if a.key == dg.AssetKey("churn_model") else a for a in ASSETS] + CHECKS
+    return [shuffled_label_churn_model if dg.AssetKey("churn_model") in a.keys else a
+            for a in ASSETS] + CHECKS
 
 
 def _files_under(home: Path, folder: str) -> dict:
@@ -81,7 +82,9 @@ def _files_under(home: Path, folder: str) -> dict:
 
 
 def registry_snapshot(home: Path) -> dict:
-    return _files_under(home, "registry")
+    # candidates.jsonl logs refused challengers: a refusal appends to it by design, while
+    # versions, the production pointer and the promotion events must stay as they were.
+    return {k: v for k, v in _files_under(home, "registry").items() if k != "candidates.jsonl"}
 
 
 def history_snapshot(home: Path) -> dict:
@@ -99,9 +102,15 @@ def production_version(home: Path) -> str | None:
     return json.loads(pointer.read_text())["version"] if pointer.exists() else None
 
 
+def gate_evaluation(result: dg.ExecuteInProcessResult):
+    """The deployment gate's evaluation in ``result`` (other checks, e.g. drift, aside)."""
+    gates = [e for e in result.get_asset_check_evaluations() if e.check_name == "deployment_gate"]
+    return gates[0] if gates else None
+
+
 def check_passed(result: dg.ExecuteInProcessResult) -> bool | None:
-    evaluations = result.get_asset_check_evaluations()
-    return evaluations[0].passed if evaluations else None
+    evaluation = gate_evaluation(result)
+    return evaluation.passed if evaluation else None
 
 
 def metadata_of(result: dg.ExecuteInProcessResult, asset: str) -> dict:

@@ -11,7 +11,7 @@ from churn_assets.storage.registry import ModelRegistry
 from churn_assets.sources.simulation import SimulatorSettings, simulate
 
 from churn_assets_tests.conftest import (
-    FIRST_WEEK, NEXT_WEEK, PERMISSIVE_RULES, check_passed, history_snapshot, metadata_of,
+    FIRST_WEEK, NEXT_WEEK, PERMISSIVE_RULES, check_passed, gate_evaluation, history_snapshot, metadata_of,
     production_version, registry_snapshot, run_graph, simulator, with_shuffled_labels,
 )
 
@@ -68,7 +68,7 @@ def test_regressing_challenger_is_blocked_and_production_untouched(home):
     blocked = run_graph(home, simulator(NEXT_WEEK), assets=with_shuffled_labels())
     assert not blocked.success
     assert check_passed(blocked) is False
-    evaluation = blocked.get_asset_check_evaluations()[0]
+    evaluation = gate_evaluation(blocked)
     assert "roc_auc" in evaluation.description and "regressed" in evaluation.description
     failed = {e.step_key for e in blocked.all_events if e.event_type_value == "STEP_FAILURE"}
     assert "evaluation_report_deployment_gate" in failed or "deployed_model" not in {
@@ -110,7 +110,7 @@ def test_bootstrap_below_a_floor_is_refused(home):
     result = run_graph(home, simulator(FIRST_WEEK), rules=[GateRule("roc_auc", floor=0.99)])
     assert not result.success
     assert check_passed(result) is False
-    assert "below the floor 0.99" in result.get_asset_check_evaluations()[0].description
+    assert "below the floor 0.99" in gate_evaluation(result).description
     assert production_version(home) is None
     assert not (home / "registry" / "versions").exists() or not any((home / "registry" / "versions").iterdir())
 
@@ -142,7 +142,7 @@ def test_training_never_sees_provisional_labels(home):
 def test_history_upsert_is_idempotent_across_runs(home):
     assert run_graph(home, simulator(FIRST_WEEK)).success
     assert run_graph(home, simulator(NEXT_WEEK)).success
-    history = pd.read_parquet(home / "history" / "customers.parquet")
+    history = pd.read_parquet(home / "history" / "weeks")
     assert not history.duplicated(["customer_id", "snapshot_date"]).any()
     expected = simulate(SimulatorSettings(n_customers=1000), NEXT_WEEK)
     assert len(history) == len(expected)
@@ -151,7 +151,8 @@ def test_history_upsert_is_idempotent_across_runs(home):
     assert (merged["churned_within_28d"].astype(str) == merged["churned_within_28d_src"].astype(str)).all()
     snapshot = history_snapshot(home)
     assert run_graph(home, simulator(NEXT_WEEK)).success
-    assert history_snapshot(home)["customers.parquet"] == snapshot["customers.parquet"]
+    weeks = lambda files: {k: v for k, v in files.items() if k.startswith("weeks/")}  # noqa: E731
+    assert weeks(history_snapshot(home)) == weeks(snapshot)
 
 
 def test_definitions_load_with_schedule_and_in_process_executor():
@@ -164,13 +165,14 @@ def test_definitions_load_with_schedule_and_in_process_executor():
     repo = defs.get_repository_def()
     keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
     assert keys == {"raw_customers", "clean_features", "fitted_scaler", "churn_model",
-                    "evaluation_report", "deployed_model"}
+                    "evaluation_report", "deployed_model", "churn_scores", "model_health"}
     schedule = defs.get_schedule_def("weekly_refresh")
     assert schedule.cron_schedule == "0 3 * * 1"
     assert defs.resolve_job_def("churn_refresh").executor_def.name == "in_process"
-    checks = list(repo.asset_graph.asset_check_keys)
-    assert [c.name for c in checks] == ["deployment_gate"]
-    assert {a.key for a in ASSETS} and len(CHECKS) == 1
+    checks = {c.name: c.asset_key.to_user_string() for c in repo.asset_graph.asset_check_keys}
+    # The gate blocks deploys; drift only warns (never blocking on its own).
+    assert checks == {"deployment_gate": "evaluation_report", "data_drift": "clean_features"}
+    assert len(ASSETS) == 8 and len(CHECKS) == 2
 
 
 def test_schedule_timezone_and_cron_come_from_settings(tmp_path):

@@ -103,7 +103,7 @@ def test_sigkill_between_fetch_and_store_loses_nothing(tmp_path, monkeypatch):
         server.api.faults.queue.clear()
         result = run_refresh(home, http_source(server, page_size=200))
         assert result.success, step_failures(result)
-        history = pd.read_parquet(home / "history" / "customers.parquet")
+        history = pd.read_parquet(home / "history" / "weeks")
         expected = server.api.frame(NEXT_WEEK)
         keys = ["customer_id", "snapshot_date"]
         assert not history.duplicated(keys).any()

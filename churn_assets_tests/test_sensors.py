@@ -38,9 +38,10 @@ def schedule_tick(instance):
 
 def tick(settings: Settings, source, instance, cursor=None):
     sensor = new_data_sensor(settings)
-    context = dg.build_sensor_context(instance=instance, cursor=cursor,
-                                      resources=build_resources(settings, source))
-    return sensor.evaluate_tick(context)
+    # A context manager: resources with a lifetime (the thread budget) are torn down after.
+    with dg.build_sensor_context(instance=instance, cursor=cursor,
+                                 resources=build_resources(settings, source)) as context:
+        return sensor.evaluate_tick(context)
 
 
 def test_sensor_requests_one_refresh_above_threshold_and_advances_cursor(tmp_path):

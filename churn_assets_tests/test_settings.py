@@ -136,3 +136,84 @@ def test_help_texts_describe_every_option():
         for action in command._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help, f"churn-assets {name} {action.option_strings[0]} has no help"
+
+
+def test_a_spec_error_inside_a_run_fails_once_and_is_not_retried(tmp_path):
+    import dagster as dg
+
+    from churn_assets.defs.definitions import ASSETS, CHECKS, build_resources
+    from churn_assets.defs.resources import TrainingPlan
+    from churn_assets_tests.conftest import guarded_state, simulator
+
+    home = tmp_path / "home"
+    resources = build_resources(Settings(home=home), source=simulator("2026-05-04"))
+    resources["training_plan"] = TrainingPlan(spec=str(tmp_path / "deleted-spec.json"))
+    result = dg.materialize(ASSETS + CHECKS, resources=resources, raise_on_error=False)
+    assert not result.success
+    kinds = [e.event_type_value for e in result.all_events if e.step_key == "raw_customers"]
+    assert "STEP_UP_FOR_RETRY" not in kinds and kinds.count("STEP_FAILURE") == 1
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "no feature spec" in failure.event_specific_data.error.message
+    assert guarded_state(home) == {"history": {}, "registry": {}}
+
+
+def test_a_bad_as_of_in_run_config_fails_once_and_writes_nothing(tmp_path):
+    import dagster as dg
+
+    from churn_assets.defs.definitions import ASSETS, CHECKS, build_resources
+    from churn_assets_tests.conftest import simulator
+
+    resources = build_resources(Settings(home=tmp_path / "home"), source=simulator("2026-05-04"))
+    result = dg.materialize(ASSETS + CHECKS, resources=resources, raise_on_error=False,
+                            run_config={"ops": {"raw_customers": {"config": {"as_of": "2026-13-45"}}}})
+    assert not result.success
+    kinds = [e.event_type_value for e in result.all_events if e.step_key == "raw_customers"]
+    assert "STEP_UP_FOR_RETRY" not in kinds and kinds.count("STEP_FAILURE") == 1
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "as_of must be a date YYYY-MM-DD, not '2026-13-45'" in failure.event_specific_data.error.message
+    assert not (tmp_path / "home" / "history").exists()
+
+
+def test_cli_refuses_a_bad_as_of_before_anything_runs(tmp_path):
+    done = run_cli(tmp_path, "materialize", "--as-of", "next monday", config_text="")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--as-of" in done.stderr and "YYYY-MM-DD" in done.stderr
+    assert not (tmp_path / "home").exists()
+
+
+def test_a_refresh_makes_the_data_directory_private_whatever_the_umask(tmp_path):
+    import stat
+
+    from churn_assets_tests.conftest import run_graph, simulator
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o755)
+    old = os.umask(0o022)
+    try:
+        assert run_graph(home, simulator("2026-05-04", n_customers=300),
+                         selection=["raw_customers"]).success
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+
+
+def test_two_refreshes_in_one_process_each_use_the_settings_of_their_time(tmp_path, monkeypatch):
+    # Dagster caches a reconstructable job's definition per process: without clearing it,
+    # the second refresh would run with the first one's settings (its source, its home).
+    import dagster as dg
+
+    from churn_assets.cli import prepare_dagster_home
+    from churn_assets.defs.launch import refresh_run_config, run_refresh
+
+    for name, customers in (("a", 200), ("b", 300)):
+        home = tmp_path / name
+        config = tmp_path / f"{name}.toml"
+        config.write_text(f'[source]\nkind = "simulator"\nn_customers = {customers}\n')
+        monkeypatch.setenv("CHURN_ASSETS_CONFIG", str(config))
+        monkeypatch.setenv("CHURN_ASSETS_HOME", str(home))
+        with dg.DagsterInstance.from_config(str(prepare_dagster_home(home))) as instance:
+            result = run_refresh(home, instance, refresh_run_config("2026-02-02"), "raw_customers")
+            assert result.success
+            [materialization] = result.get_asset_materialization_events()
+            described = materialization.materialization.metadata["source"].value
+        assert f"{customers} customers" in described, described

@@ -69,7 +69,7 @@ def test_incremental_idempotent_refreshes(database, tmp_path):
 
     first = run_refresh(home, SqlSource(url=url, table=table, chunk_size=1500, as_of=FIRST_WEEK))
     assert first.success, step_failures(first)
-    history = pd.read_parquet(home / "history" / "customers.parquet")
+    history = pd.read_parquet(home / "history" / "weeks")
     assert len(history) == len(customers(FIRST_WEEK))
     state = json.loads((home / "history" / "state.json").read_text())
     assert pd.Timestamp(state["watermark"]) == pd.Timestamp(FIRST_WEEK)
@@ -93,7 +93,7 @@ def test_incremental_idempotent_refreshes(database, tmp_path):
         (later["updated_at"] > pd.Timestamp(FIRST_WEEK)).sum())
     second = run_refresh(home, new)
     assert second.success, step_failures(second)
-    history = pd.read_parquet(home / "history" / "customers.parquet")
+    history = pd.read_parquet(home / "history" / "weeks")
     keys = ["customer_id", "snapshot_date"]
     assert not history.duplicated(keys).any()
     assert len(history) == len(later)
@@ -107,7 +107,7 @@ def test_incremental_idempotent_refreshes(database, tmp_path):
     versions = registry_versions(home)
     again = run_refresh(home, new)
     assert again.success, step_failures(again)
-    assert len(pd.read_parquet(home / "history" / "customers.parquet")) == len(later)
+    assert len(pd.read_parquet(home / "history" / "weeks")) == len(later)
     assert registry_versions(home) == versions  # same data, same model: no new version
 
 

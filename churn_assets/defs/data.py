@@ -139,7 +139,7 @@ def _undecided_history(storage: ChurnStorage, training_plan: TrainingPlan,
                        gate_rules: DeploymentGateRules, as_of: pd.Timestamp) -> dict | None:
     """The coverage of the stored history at ``as_of`` if no deploy decision covers it yet."""
     spec = training_plan.feature_spec()
-    stored = storage.history().load()
+    stored = load_training_history(storage.history(), spec, training_plan.window_plan(), as_of)
     if stored is None or stored.empty:
         return None
     stored[LABEL] = churn_label(stored[spec.target_column], spec)

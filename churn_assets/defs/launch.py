@@ -103,6 +103,10 @@ def run_refresh(home: Path, instance: dg.DagsterInstance, run_config: dict,
         selection = None if select in ("*", "") else [dg.AssetKey.from_user_string(k)
                                                        for k in select.split(",")]
         tags = {REFRESH_TAG: "true", PID_TAG: str(os.getpid()), **host_tags()}
-        return dg.execute_job(dg.reconstructable(refresh_job), instance=instance,
-                              run_config=run_config, tags=tags,
+        job = dg.reconstructable(refresh_job)
+        # Dagster keeps the last job definition of a pointer per process; a second refresh
+        # in one process (a test, a notebook) must see the settings as they are now.
+        type(job).get_definition.cache_clear()
+        type(job).get_repository_definition.cache_clear()
+        return dg.execute_job(job, instance=instance, run_config=run_config, tags=tags,
                               asset_selection=selection, raise_on_error=False)

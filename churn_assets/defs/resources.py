@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -14,9 +15,10 @@ from churn_assets.core.gate import DEFAULT_RULES, GateRule
 from churn_assets.core.spec import FeatureSpec, SpecError, load_spec
 from churn_assets.core.training import WindowPlan
 from churn_assets.settings import SourceSettings
-from churn_assets.storage.atomic import atomic_write_bytes
+from churn_assets.storage.atomic import atomic_write_bytes, private_mkdir
 from churn_assets.storage.history import CustomerHistory
 from churn_assets.storage.registry import ModelRegistry
+from churn_assets.defs.threads import thread_budget
 from churn_assets.sources.base import CustomerSource
 from churn_assets.sources.file import FileSource
 from churn_assets.sources.http import HttpSource
@@ -32,6 +34,11 @@ class ChurnStorage(dg.ConfigurableResource):
     @property
     def root(self) -> Path:
         return Path(self.home).expanduser()
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # Customer data and pickled models live here: the directory is the owner's alone
+        # (0700, like ~/.ssh), whatever the umask, so modes of files below it cannot leak.
+        private_mkdir(self.root, tighten=True)
 
     def history(self) -> CustomerHistory:
         return CustomerHistory(self.root / "history")
@@ -75,16 +82,25 @@ class TrainingPlan(dg.ConfigurableResource):
     def window_plan(self) -> WindowPlan:
         return WindowPlan(self.training_window_weeks, self.validation_weeks, self.holdout_weeks)
 
+    @contextmanager
+    def yield_for_execution(self, context):
+        # Every training and evaluation step uses this resource, so the run's thread budget
+        # is entered here, in the thread that runs the steps (defs/threads.py).
+        with thread_budget():
+            yield self
+
 
 class GateRuleConfig(dg.Config):
     metric: str
     floor: float | None = None
     max_regression: float | None = None
+    mode: str = "point"
+    confidence: float = 0.95
 
 
 def _default_rules() -> list[GateRuleConfig]:
-    return [GateRuleConfig(metric=r.metric, floor=r.floor, max_regression=r.max_regression)
-            for r in DEFAULT_RULES]
+    return [GateRuleConfig(metric=r.metric, floor=r.floor, max_regression=r.max_regression,
+                           mode=r.mode, confidence=r.confidence) for r in DEFAULT_RULES]
 
 
 class DeploymentGateRules(dg.ConfigurableResource):
@@ -93,12 +109,12 @@ class DeploymentGateRules(dg.ConfigurableResource):
     rules: list[GateRuleConfig] = Field(default_factory=_default_rules)
 
     def gate_rules(self) -> tuple[GateRule, ...]:
-        return tuple(GateRule(r.metric, r.floor, r.max_regression) for r in self.rules)
+        return tuple(GateRule(r.metric, r.floor, r.max_regression, r.mode, r.confidence) for r in self.rules)
 
     @classmethod
     def from_rules(cls, rules) -> DeploymentGateRules:
-        return cls(rules=[GateRuleConfig(metric=r.metric, floor=r.floor,
-                                         max_regression=r.max_regression) for r in rules])
+        return cls(rules=[GateRuleConfig(metric=r.metric, floor=r.floor, max_regression=r.max_regression,
+                                         mode=r.mode, confidence=r.confidence) for r in rules])
 
 
 def source_from_settings(source: SourceSettings) -> CustomerSource:

@@ -103,6 +103,16 @@ def shoot(base: str, out: Path) -> list[Path]:
                     "plot_confusion_matrix"):
             saved.append(out / f"evaluation_report_{key}.png")
             _markdown_dialog(page, base, "evaluation_report", key, saved[-1])
+        # The drift check on clean_features: its table sorted by PSI and the bar chart.
+        page.set_viewport_size({"width": 1400, "height": 1600})
+        page.goto(f"{base}/assets/clean_features?view=checks&checkDetail=data_drift",
+                  wait_until="networkidle")
+        page.wait_for_timeout(4000)
+        saved.append(out / "clean_features_data_drift.png")
+        page.screenshot(path=str(saved[-1]))
+        page.set_viewport_size({"width": 1400, "height": 1000})
+        saved.append(out / "model_health_realized_trend.png")
+        _markdown_dialog(page, base, "model_health", "trend", saved[-1])
         # Tall enough for the whole card: the UI paints only what is inside the window.
         page.set_viewport_size({"width": 1400, "height": 4600})
         saved.append(out / "deployed_model_card.png")

@@ -9,6 +9,7 @@ wall time includes interpreter start-up for both. Peak memory is the child's max
 import argparse
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -24,8 +25,17 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def run_child(command: list[str], env: dict) -> tuple[float, float]:
-    """Wall seconds and peak RSS (GiB) of one child process."""
+STEP_DONE = re.compile(r' - (\w+) - STEP_SUCCESS - Finished execution of step "\w+" in ([\d.]+)(ms|s)')
+
+
+def step_seconds(output: str) -> dict[str, float]:
+    """Seconds per finished step, from Dagster's log lines."""
+    return {m.group(1): float(m.group(2)) / (1000 if m.group(3) == "ms" else 1)
+            for m in STEP_DONE.finditer(output)}
+
+
+def run_child(command: list[str], env: dict) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (GiB) and output of one child process."""
     start = time.perf_counter()
     proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output = proc.stdout.read()
@@ -34,7 +44,7 @@ def run_child(command: list[str], env: dict) -> tuple[float, float]:
     if os.waitstatus_to_exitcode(status) != 0:
         sys.stdout.write(output.decode(errors="replace")[-4000:])
         raise SystemExit(f"{command[0]} failed")
-    return wall, usage.ru_maxrss / 1024 / 1024  # ru_maxrss is KiB on Linux
+    return wall, usage.ru_maxrss / 1024 / 1024, output.decode(errors="replace")  # KiB on Linux
 
 
 def main() -> None:
@@ -61,7 +71,9 @@ def main() -> None:
                 command = [sys.executable, str(ROOT / "bench" / "bare_refresh.py"), "--data", str(data), "--home", str(home)]
             else:
                 command = [str(BIN / "dagster"), "asset", "materialize", "-m", "churn_assets", "--select", "*"]
-            wall, peak = run_child(command, env)
+            wall, peak, output = run_child(command, env)
+            if variant == "dagster":
+                steps = step_seconds(output)
             results[variant].append((wall, peak))
             print(f"  {variant:8s} run {repeat + 1}: {wall:6.1f} s, peak {peak:.2f} GiB", flush=True)
 
@@ -73,6 +85,17 @@ def main() -> None:
     for name, runs in results.items():
         print(f"| {name} | {statistics.median(w for w, _ in runs):.1f} | {max(p for _, p in runs):.2f} |")
     print(f"ratio dagster / bare: {dag / bare:.2f}x over {args.repeats} alternating runs each")
+    # Model-health work (issue 9): the drift check and model_health run beside the
+    # refresh; evaluation_report now also computes intervals, importance and plots and
+    # deployed_model writes the card. Their whole step times bound that cost from above.
+    health = {k: v for k, v in steps.items()
+              if k in ("clean_features_data_drift", "model_health", "evaluation_report", "deployed_model")}
+    total = sum(steps.values())
+    print("\n| step (last dagster run) | seconds |\n|---|---:|")
+    for name, seconds in sorted(steps.items(), key=lambda kv: -kv[1]):
+        print(f"| {name} | {seconds:.1f} |")
+    print(f"health steps (upper bound of the drift + plots + card cost): {sum(health.values()):.1f} s"
+          f" of {total:.1f} s of steps ({sum(health.values()) / total:.1%})")
 
 
 if __name__ == "__main__":

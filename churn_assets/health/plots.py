@@ -249,7 +249,7 @@ def realized_performance_trend(points: Sequence[dict]) -> bytes:
     ``estimated_low``/``estimated_high`` (an interval, drawn as a band). A dotted
     vertical line marks each change of production version.
     """
-    fig = Figure(figsize=SIZE)
+    fig = Figure(figsize=(SIZE[0] + 1.8, SIZE[1]))  # room for the legend beside the axes
     ax = fig.subplots()
     if not points:
         _empty(fig, ax, "no scored weeks yet")
@@ -284,7 +284,8 @@ def realized_performance_trend(points: Sequence[dict]) -> bytes:
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
     ax.set(xlabel="scoring week", ylabel="ROC AUC", title="Production model: realized vs deploy-time AUC")
-    ax.legend(loc="lower left", fontsize="small")
+    # Beside the axes, never over them: realized points sit low when a model decays.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _png(fig)

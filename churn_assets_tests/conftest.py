@@ -8,11 +8,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import hashlib
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pytest
+
+from churn_assets.defs.alerts import WEBHOOK_ENV
 
 from churn_assets.defs.definitions import ASSETS, CHECKS, build_resources
 from churn_assets.core.gate import GateRule
@@ -132,3 +136,30 @@ def telco_csv() -> Path:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert digest == TELCO_SHA256, f"{path} is not the published Telco export (sha256 {digest})"
     return path
+
+
+class Receiver(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 - stdlib name
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.posts.append(json.loads(body))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def webhook(monkeypatch):
+    """A real Slack-style webhook receiver on loopback; ``server.posts`` holds the JSON."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    server.posts = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv(WEBHOOK_ENV, f"http://127.0.0.1:{server.server_address[1]}/hook")
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()

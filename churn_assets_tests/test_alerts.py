@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
 import pytest
@@ -19,32 +17,6 @@ from churn_assets.settings import Settings
 from churn_assets.sources.simulator import SimulatorSource
 from churn_assets_tests.ingestion_support import (CUSTOMERS, FAST_TRAINING, FIRST_WEEK, TOKEN,
                                                   TOKEN_ENV, http_source, start_demo_api)
-
-
-class Receiver(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 - stdlib name
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.posts.append(json.loads(body))
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def webhook(monkeypatch):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    server.posts = []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv(WEBHOOK_ENV, f"http://127.0.0.1:{server.server_address[1]}/hook")
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def alert_for(instance: dg.DagsterInstance, run_id: str) -> None:

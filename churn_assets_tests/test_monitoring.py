@@ -7,8 +7,6 @@ Dagster instance for the sensor's "refresh in progress" guard.
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
 import numpy as np
@@ -17,7 +15,6 @@ import pytest
 
 from churn_assets.core.spec import load_spec
 from churn_assets.core.validation import validate_records
-from churn_assets.defs.alerts import WEBHOOK_ENV
 from churn_assets.defs.definitions import build_resources
 from churn_assets.defs.monitoring import TRIGGER_TAG, model_health_sensor
 from churn_assets.defs.schedules import churn_refresh
@@ -61,32 +58,6 @@ class NoisyLabelSource(SimulatorSource):
         coin = (key % 1000 < 120).astype(np.int64)
         frame.loc[rows, "churned_within_28d"] = coin[rows.to_numpy()]
         return batch
-
-
-class Receiver(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 - stdlib name
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.posts.append(json.loads(body))
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def webhook(monkeypatch):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    server.posts = []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv(WEBHOOK_ENV, f"http://127.0.0.1:{server.server_address[1]}/hook")
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def drift_evaluation(result: dg.ExecuteInProcessResult):

@@ -31,7 +31,6 @@ from churn_assets.storage.registry import ModelRegistry
 from churn_assets_tests.conftest import production_version, run_graph, simulator
 from churn_assets_tests.ingestion_support import (CUSTOMERS, FAST_TRAINING, FIRST_WEEK, NEXT_WEEK, TOKEN,
                                                   TOKEN_ENV, http_source, step_failures, stop_process)
-from churn_assets_tests.test_alerts import webhook  # noqa: F401 (a fixture: a loopback receiver)
 
 REPO = Path(__file__).resolve().parents[1]
 WEEKS = [FIRST_WEEK, NEXT_WEEK, "2026-05-18", "2026-05-25"]

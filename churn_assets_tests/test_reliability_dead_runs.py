@@ -25,7 +25,6 @@ from churn_assets.settings import load_settings
 from churn_assets_tests.conftest import production_version
 from churn_assets_tests.ingestion_support import (FAST_TRAINING, FIRST_WEEK, TOKEN, TOKEN_ENV,
                                                   start_demo_api, stop_process)
-from churn_assets_tests.test_alerts import webhook  # noqa: F401 (a fixture: a loopback receiver)
 from churn_assets_tests.test_reliability import REPO, sigkill
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from churn_assets.settings import Settings, SettingsError, load_settings
@@ -217,3 +218,24 @@ def test_two_refreshes_in_one_process_each_use_the_settings_of_their_time(tmp_pa
             [materialization] = result.get_asset_materialization_events()
             described = materialization.materialization.metadata["source"].value
         assert f"{customers} customers" in described, described
+
+
+def test_file_source_as_of_leaves_out_later_snapshots_and_sets_the_label_horizon(tmp_path):
+    from churn_assets.core.spec import load_spec
+    from churn_assets.sources.file import FileSource
+    from churn_assets.sources.simulation import SimulatorSettings, simulate
+
+    spec = load_spec("simulator")
+    export = tmp_path / "export.parquet"
+    simulate(SimulatorSettings(n_customers=200), "2026-04-06").to_parquet(export)
+    latest = FileSource(path=str(export)).fetch(spec, None)
+    assert latest.as_of == latest.records["snapshot_date"].max()  # default: the latest snapshot
+
+    replay = FileSource(path=str(export), as_of="2026-03-02").fetch(spec, None)
+    assert replay.as_of == pd.Timestamp("2026-03-02")
+    assert replay.records["snapshot_date"].max() <= pd.Timestamp("2026-03-02")
+    assert 0 < len(replay.records) < len(latest.records)
+    assert "snapshots after 2026-03-02 left out" in replay.description
+    # The run's as_of wins over the configured one.
+    run = FileSource(path=str(export), as_of="2026-03-02").fetch(spec, None, as_of=pd.Timestamp("2026-02-02"))
+    assert run.records["snapshot_date"].max() <= pd.Timestamp("2026-02-02")

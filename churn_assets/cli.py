@@ -217,18 +217,26 @@ def cmd_rollback(ns: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_card(ns: argparse.Namespace) -> int:
-    from churn_assets.defs.reporting import card_text
+def _named_or_production(registry, name: str | None, command: str, how_to_name: str):
+    """The version ``name``, or production; None (after saying why on stderr) if neither."""
     from churn_assets.storage.registry import RegistryError
 
-    registry = _registry()
     try:
-        version = registry.get(ns.version) if ns.version else registry.production()
+        version = registry.get(name) if name else registry.production()
     except RegistryError as exc:
-        print(f"churn-assets card: {exc}", file=sys.stderr)
-        return 2
+        print(f"churn-assets {command}: {exc}", file=sys.stderr)
+        return None
     if version is None:
-        print(f"churn-assets card: nothing in production in {registry.root}; name a version", file=sys.stderr)
+        print(f"churn-assets {command}: nothing in production in {registry.root};"
+              f" name a version ({how_to_name})", file=sys.stderr)
+    return version
+
+
+def cmd_card(ns: argparse.Namespace) -> int:
+    from churn_assets.defs.reporting import card_text
+
+    version = _named_or_production(_registry(), ns.version, "card", "churn-assets card v0003")
+    if version is None:
         return 2
     print(card_text(version), end="")
     return 0
@@ -245,11 +253,10 @@ def cmd_score(ns: argparse.Namespace) -> int:
     from churn_assets.storage.registry import RegistryError
 
     registry = _registry()
+    version = _named_or_production(registry, ns.version, "score", "--version v0003")
+    if version is None:
+        return 2
     try:
-        version = registry.get(ns.version) if ns.version else registry.production()
-        if version is None:
-            print("churn-assets score: no model in production yet; pass --version", file=sys.stderr)
-            return 2
         predictor = registry.load(version)
     except RegistryError as exc:
         print(f"churn-assets score: {exc}", file=sys.stderr)

@@ -57,15 +57,21 @@ def start_materialize(tmp_path: Path, home: Path, config: Path) -> subprocess.Po
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def kill_while_fetching(tmp_path: Path, monkeypatch):
-    """A real ``churn-assets materialize`` stuck on a stalled API, killed with SIGKILL.
-    Returns (server, home, dagster_home, run_id); the caller stops the server."""
+def stalled_api_home(tmp_path: Path, monkeypatch):
+    """A demo API whose next data request stalls for 5 minutes, a data directory and a
+    config pointing at it: a refresh started now hangs inside raw_customers.
+    Returns (server, home, config); the caller stops the server."""
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     server = start_demo_api(FIRST_WEEK)
     server.api.faults.queue[:] = ["stall"]
     server.api.faults.stall_seconds = 300
-    home = tmp_path / "home"
-    config = write_config(tmp_path, server.url)
+    return server, tmp_path / "home", write_config(tmp_path, server.url)
+
+
+def kill_while_fetching(tmp_path: Path, monkeypatch):
+    """A real ``churn-assets materialize`` stuck on a stalled API, killed with SIGKILL.
+    Returns (server, home, dagster_home, run_id); the caller stops the server."""
+    server, home, config = stalled_api_home(tmp_path, monkeypatch)
     monkeypatch.setenv("CHURN_ASSETS_HOME", str(home))
     monkeypatch.setenv("CHURN_ASSETS_CONFIG", str(config))
     child = start_materialize(tmp_path, home, config)
@@ -179,12 +185,7 @@ def ticks_of(instance: dg.DagsterInstance, name: str) -> list:
 def test_real_daemon_fails_the_killed_run_and_posts_the_alert(tmp_path, monkeypatch, webhook):
     """The whole chain in real processes: ``dagster-daemon run`` (run monitoring and the
     failure-alert sensor), a ``materialize`` killed with SIGKILL, a loopback webhook."""
-    monkeypatch.setenv(TOKEN_ENV, TOKEN)
-    server = start_demo_api(FIRST_WEEK)
-    server.api.faults.queue[:] = ["stall"]
-    server.api.faults.stall_seconds = 300
-    home = tmp_path / "home"
-    config = write_config(tmp_path, server.url)
+    server, home, config = stalled_api_home(tmp_path, monkeypatch)
     config.write_text(config.read_text() + "[sensor]\nenabled = false\n")  # not the point here
     dagster_home = prepare_dagster_home(home)
     env = {**os.environ, "PYTHONPATH": str(REPO), "CHURN_ASSETS_HOME": str(home),

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from churn_assets.storage.atomic import atomic_write_bytes, atomic_write_json
+from churn_assets.storage.atomic import atomic_write_bytes, atomic_write_json, fsync_dir
 
 LEGACY_FILE = "customers.parquet"
 # Stored in every week file's schema, so the files describe themselves: which columns
@@ -255,7 +255,7 @@ class CustomerHistory:
             atomic_write_bytes(self.week_path(pd.Timestamp(week)), _parquet_bytes(
                 pa.Table.from_pandas(part, schema=schema, preserve_index=False)))
         self.legacy_path.unlink()
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     def _remove_stale_temporaries(self) -> None:
         # Left behind only by a writer that died mid-write; we hold the lock, so none is live.
@@ -329,11 +329,3 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf)
     return buf.getvalue()
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

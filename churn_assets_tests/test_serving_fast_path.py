@@ -156,3 +156,20 @@ def test_batch_scoring_of_raw_frames_equals_the_pipeline(trained):
     for predictor in trained:
         fast = CompiledChurnModel(predictor).predict_frame(records)
         assert np.abs(fast - predictor.predict_proba(records)).max() < TOLERANCE, predictor.family
+
+
+def test_batch_scoring_split_across_threads_equals_the_pipeline(trained):
+    """The forest's large-batch path (one thread per part, each encoding and walking its
+    own rows) gives the pipeline's numbers, in the records' order."""
+    from churn_assets.serving.fast_path import CompiledChurnModel, _Forest
+
+    records = pd.concat([messy_records(n_customers=600, seed=6)] * 3, ignore_index=True)
+    forests = [p for p in trained if p.family == "hist_gradient_boosting"]
+    assert forests
+    for predictor in forests:
+        compiled = CompiledChurnModel(predictor)
+        assert isinstance(compiled.scorer, _Forest)
+        compiled.scorer.threads = 3  # force the split whatever this machine's CPU count
+        assert compiled.scorer.parts(len(records)) == 3, len(records)
+        fast = compiled.predict_frame(records)
+        assert np.abs(fast - predictor.predict_proba(records)).max() < TOLERANCE

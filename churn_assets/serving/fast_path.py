@@ -95,13 +95,13 @@ class _Linear:
             z += value * weight
         return z
 
-    def raw_many(self, X: np.ndarray) -> np.ndarray:
+    def raw_many(self, X: np.ndarray, split: bool = True) -> np.ndarray:
         return X @ self.coef + self.intercept
 
     def one(self, x: list[float]) -> float:
         return float(expit(self.raw_one(x)))
 
-    def many(self, X: np.ndarray) -> np.ndarray:
+    def many(self, X: np.ndarray, split: bool = True) -> np.ndarray:
         return expit(self.raw_many(X))
 
 
@@ -152,18 +152,22 @@ class _Forest:
     def one(self, x: list[float]) -> float:
         return float(expit(self.raw_one(x)))
 
-    def raw_many(self, X: np.ndarray) -> np.ndarray:
+    def raw_many(self, X: np.ndarray, split: bool = True) -> np.ndarray:
         """The decision function (raw boosted score), shape (n_rows,)."""
-        return self._raw(X)[:, 0]
+        return self._raw(X, split)[:, 0]
 
-    def many(self, X: np.ndarray) -> np.ndarray:
-        return self.clf._loss.predict_proba(self._raw(X))[:, 1]
+    def many(self, X: np.ndarray, split: bool = True) -> np.ndarray:
+        return self.clf._loss.predict_proba(self._raw(X, split))[:, 1]
 
-    def _raw(self, X: np.ndarray) -> np.ndarray:
+    def parts(self, n_rows: int) -> int:
+        """Threads worth using for ``n_rows``: one per 2,000 rows, at most ``threads``."""
+        return min(self.threads, max(1, n_rows // 2000))
+
+    def _raw(self, X: np.ndarray, split: bool = True) -> np.ndarray:
         # scikit-learn's own compiled tree walk (the batch pipeline's code), one thread
         # per chunk of rows: its OpenMP mode meets at a barrier after each of the
         # hundreds of trees, which on a busy 2-core machine costs more than it saves.
-        chunks = np.array_split(X, min(self.threads, max(1, len(X) // 2000)))
+        chunks = np.array_split(X, self.parts(len(X)) if split else 1)
         if len(chunks) == 1:
             raw = self._raw_binned(X)
         else:
@@ -355,11 +359,23 @@ class CompiledChurnModel:
         The batch scorer of the churn-risk list: the fitted pipeline's arithmetic applied
         to whole columns, equal to ``ChurnPredictor.predict_proba`` within 1e-9.
         """
+        parts = self.scorer.parts(len(frame)) if isinstance(self.scorer, _Forest) else 1
+        if parts == 1:
+            return self._predict_frame_part(frame, split=True)
+        # Each thread encodes and walks its own rows, so one thread's encoding (which
+        # holds the GIL) overlaps the other's tree walk (which releases it) instead of
+        # leaving a core idle (BENCHMARKS.md, "Churn-risk list throughput").
+        bounds = np.linspace(0, len(frame), parts + 1).astype(int)
+        pieces = [frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        with ThreadPoolExecutor(parts) as pool:
+            return np.concatenate(list(pool.map(self._predict_frame_part, pieces)))
+
+    def _predict_frame_part(self, frame: pd.DataFrame, split: bool = False) -> np.ndarray:
         n_rows = len(frame)
         numeric = (np.column_stack([to_float(frame[c]).to_numpy(np.float64) for c in self.numeric_features])
                    if self.numeric_features else np.empty((n_rows, 0)))
         categories = [frame[c].to_numpy(dtype=object) for c in self.categorical_features]
-        return self.predict_many(EncodedRecords(np.ascontiguousarray(numeric), categories))
+        return self.predict_many(EncodedRecords(np.ascontiguousarray(numeric), categories), split)
 
     def predict_one(self, numeric: list[float], categories: list[str | None]) -> float:
         """P(churn) of one record, without NumPy for the linear model and without pandas."""
@@ -368,12 +384,13 @@ class CompiledChurnModel:
             return self.scorer.one(x)
         return self.calibrator.one(self.scorer.raw_one(x))
 
-    def predict_many(self, records: EncodedRecords) -> np.ndarray:
-        """P(churn) of each record: shape (n_rows,)."""
+    def predict_many(self, records: EncodedRecords, split: bool = True) -> np.ndarray:
+        """P(churn) of each record: shape (n_rows,). ``split=False`` keeps the tree walk
+        in the calling thread (the caller already runs one thread per part)."""
         X = self.encode_many(records)
         if self.calibrator is None:
-            return self.scorer.many(X)
-        return self.calibrator.many(self.scorer.raw_many(X))
+            return self.scorer.many(X, split)
+        return self.calibrator.many(self.scorer.raw_many(X, split))
 
 
 def batch_scorer(predictor: ChurnPredictor):

@@ -17,8 +17,9 @@ import time
 import pandas as pd
 
 from churn_assets.core.spec import load_spec
+from churn_assets.core.training import MODEL_FAMILIES
 from churn_assets.core.validation import validate_records
-from churn_assets.health.estimate_study import replay, summarize
+from churn_assets.health.estimate_study import diagnose, replay, summarize
 from churn_assets.sources.simulation import SimulatorSettings, simulate
 
 
@@ -30,8 +31,10 @@ def main() -> None:
     parser.add_argument("--last", default="2026-09-07")
     parser.add_argument("--every", type=int, default=2, help="weeks between deploys")
     parser.add_argument("--calibration", default="sigmoid", choices=["sigmoid", "isotonic"])
-    parser.add_argument("--families", default="logistic_regression")
+    parser.add_argument("--families", default=",".join(MODEL_FAMILIES))
     parser.add_argument("--table", action="store_true", help="print the per-week table")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="per family (each forced): leaky vs purged validation, three ways to serve")
     args = parser.parse_args()
 
     spec = load_spec("simulator")
@@ -42,6 +45,10 @@ def main() -> None:
     records = validate_records(simulate(SimulatorSettings(n_customers=args.customers, seed=args.seed),
                                         final_as_of), spec)
     records = records[records[spec.timestamp_column] <= deploys[-1]].reset_index(drop=True)
+    if args.diagnose:
+        print_diagnosis(diagnose(records, spec, [str(d.date()) for d in deploys], families=args.families.split(",")),
+                        time.perf_counter() - start)
+        return
     table = replay(records, spec, [str(d.date()) for d in deploys], families=args.families.split(","),
                    calibration=args.calibration)
     seconds = time.perf_counter() - start
@@ -53,9 +60,12 @@ def main() -> None:
           f" families {args.families}")
     print()
     print(summary.to_markdown(index=False, floatfmt=".3f") if _has_tabulate() else summary.to_string())
+    chosen = table.drop_duplicates("deploy").set_index("deploy")["family"]
+    print()
+    print("family chosen per deploy: " + ", ".join(f"{d} {f}" for d, f in chosen.items()))
     if args.table:
         # One row per (deploy, week): the served estimate with its interval, the raw one beside it.
-        keys = ["deploy", "week", "age_weeks"]
+        keys = ["deploy", "family", "week", "age_weeks"]
         served = table[table["source"] == "served"].set_index(keys)
         raw = table[table["source"] != "served"].set_index(keys)
         shown = pd.DataFrame({
@@ -67,6 +77,19 @@ def main() -> None:
         }).reset_index()
         print()
         print(shown.to_markdown(index=False, floatfmt=".3f") if _has_tabulate() else shown.to_string())
+
+
+def print_diagnosis(table: pd.DataFrame, seconds: float) -> None:
+    table = table.assign(within_0_02=table["error"].abs() <= 0.02)
+    grouped = table.groupby(["family", "variant"], sort=False)
+    shown = grouped.agg(validation_auc_min=("validation_auc", "min"), validation_auc_max=("validation_auc", "max"),
+                        purged_validation_auc_min=("purged_validation_auc", "min"),
+                        purged_validation_auc_max=("purged_validation_auc", "max"), slope=("slope", "mean"),
+                        holdout_auc=("holdout_roc_auc", "mean"), realized_auc=("realized_roc_auc", "mean"),
+                        mean_error=("error", "mean"), within_0_02=("within_0_02", "mean"),
+                        weeks=("error", "size")).reset_index()
+    print(f"- {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; {seconds:.0f} s")
+    print(shown.to_markdown(index=False, floatfmt=".3f") if _has_tabulate() else shown.to_string())
 
 
 def _has_tabulate() -> bool:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import pickle
 
 import joblib
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
@@ -18,7 +20,7 @@ from churn_assets.core.features import build_preprocessor
 from churn_assets.core.gate import GateRule, evaluate_gate
 from churn_assets.core.metrics import HIGHER_IS_BETTER, METRIC_NAMES, best_f1_threshold, churn_metrics
 from churn_assets.core.spec import LABEL, load_spec
-from churn_assets.core.training import make_classifier, train_challenger
+from churn_assets.core.training import make_classifier, purged_train, train_challenger
 from churn_assets.devtools.sample_models import sample_frames
 
 SPEC = load_spec("simulator")
@@ -61,15 +63,20 @@ def test_sigmoid_calibration_keeps_the_ranking_exactly():
     assert roc_auc_score(y, predictor.predict_proba(rows)) == roc_auc_score(y, uncalibrated)
 
 
+def purged_fit(family: str = "logistic_regression") -> Pipeline:
+    """The candidate fit whose validation scores the calibrator and the threshold saw."""
+    fr = frames()
+    rows = purged_train(fr, SPEC)
+    fit = Pipeline([("preprocess", trained("sigmoid", family).pipeline.named_steps["preprocess"]),
+                    ("classifier", make_classifier(family, 42))])
+    return fit.fit(rows, rows[LABEL].to_numpy())
+
+
 def test_threshold_is_tuned_on_the_calibrated_validation_scores():
     fr = frames()
     predictor = trained("sigmoid")
-    # The train-weeks fit whose validation scores the calibrator and the threshold saw.
-    train_fit = Pipeline([("preprocess", predictor.pipeline.named_steps["preprocess"]),
-                          ("classifier", make_classifier("logistic_regression", 42))])
-    train_fit.fit(fr.train, fr.train[LABEL].to_numpy())
     y_val = fr.validation[LABEL].to_numpy()
-    calibrated = predictor.calibrator(train_fit.decision_function(fr.validation))
+    calibrated = predictor.calibrator(purged_fit().decision_function(fr.validation))
     assert predictor.threshold == best_f1_threshold(y_val, calibrated)
     assert predictor.validation_metrics == churn_metrics(y_val, calibrated, predictor.threshold)
     # On the raw (inflated) scale the F1-best cut is far higher: the two are not mixed up.
@@ -79,6 +86,29 @@ def test_threshold_is_tuned_on_the_calibrated_validation_scores():
     # threshold applied to calibrated scores (or the reverse) would not.
     rows, _ = holdout()
     np.testing.assert_array_equal(predictor.predict(rows), trained(None).predict(rows))
+
+
+def test_candidates_fit_only_rows_that_share_no_churn_event_with_validation():
+    fr = frames()
+    ts, ids = SPEC.timestamp_column, SPEC.id_column
+    kept = purged_train(fr, SPEC)
+    start = fr.validation[ts].min()
+    recent = fr.train[ts] > start - pd.Timedelta(days=SPEC.label_horizon_days)
+    # Dropped: exactly the validation customers' snapshots whose label window reaches
+    # into the validation weeks; older snapshots, and customers gone before, stay.
+    expected = fr.train[~(recent & fr.train[ids].isin(fr.validation[ids]))]
+    pd.testing.assert_frame_equal(kept, expected)
+    assert 0 < len(kept) < len(fr.train) and recent.any()
+    # The calibrator was fitted on that fit's validation scores, not on a fit that
+    # trained on the dropped rows (whose churn events it would recognise in validation).
+    for family in ("logistic_regression", "hist_gradient_boosting"):
+        predictor = trained("sigmoid", family)
+        expected = ScoreCalibrator.fit("sigmoid", purged_fit(family).decision_function(fr.validation),
+                                       fr.validation[LABEL].to_numpy())
+        np.testing.assert_allclose(predictor.calibrator.model.coef_, expected.model.coef_, rtol=1e-9)
+        np.testing.assert_allclose(predictor.calibrator.model.intercept_, expected.model.intercept_, rtol=1e-9)
+    # No label horizon (Telco: one snapshot per customer): nothing to purge.
+    assert purged_train(fr, dataclasses.replace(SPEC, label_horizon_days=0)) is fr.train
 
 
 def test_predictor_round_trips_through_joblib(tmp_path):

@@ -41,8 +41,10 @@ def fitted_scaler(context: dg.AssetExecutionContext, clean_features: ModelingFra
 def churn_model(context: dg.AssetExecutionContext, config: ModelConfig,
                 clean_features: ModelingFrames, fitted_scaler: Pipeline,
                 training_plan: TrainingPlan) -> dg.MaterializeResult:
-    """The challenger: every model family retrained on the trailing window, the best on
-    the validation weeks kept, its threshold tuned there, then refit on the whole window."""
+    """The challenger: every model family fitted on the training weeks (without the
+    snapshots that share a churn event with validation customers), the best on the
+    validation weeks kept, calibrated and its threshold tuned there, then refit on the
+    whole window (``core.training.train_challenger``)."""
     unknown = sorted(set(config.families) - set(MODEL_FAMILIES))
     if unknown or not config.families:
         raise dg.Failure(description=f"churn_model config: unknown model families {unknown or '(none given)'};"

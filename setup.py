@@ -1,6 +1,13 @@
 from setuptools import find_packages, setup
 
-DISTRIBUTED = ["dagster-postgres==0.29.27", "dagster-celery[redis]==0.29.27"]
+DISTRIBUTED = [
+    "dagster-postgres==0.29.27", "dagster-celery[redis]==0.29.27",
+    # The data directory on s3:// (storage/location.py): UPath over s3fs. s3fs pins fsspec
+    # to its own release and aiobotocore pins botocore, so these two ranges resolve together
+    # (tested: universal_pathlib 0.3.10, s3fs 2026.9.0, aiobotocore 3.10, botocore 1.43).
+    "universal_pathlib>=0.3.10,<0.4",
+    "s3fs>=2026.9.0,<2027",
+]
 
 setup(
     name="churn_assets",
@@ -41,7 +48,8 @@ setup(
         # matches dagster==1.13.27 (a bare install resolves a 2021 release).
         "distributed": DISTRIBUTED,
         # The tests exercise the distributed engines too (a real Celery worker on Redis).
-        "dev": ["pytest>=8", "httpx>=0.27", *DISTRIBUTED],
+        # ... and object storage against moto's S3 server on loopback (MinIO is not needed).
+        "dev": ["pytest>=8", "httpx>=0.27", "moto[server]>=5.2.5,<6", *DISTRIBUTED],
         "bench": ["flask>=3,<4"],
     },
     entry_points={"console_scripts": ["churn-assets=churn_assets.cli:main"]},

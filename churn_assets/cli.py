@@ -88,7 +88,7 @@ def prepare_dagster_home(home: Path, postgres_url_env: str = "") -> Path:
 def _dagster(args: list[str]) -> int:
     settings = load_settings()
     env = dict(os.environ)
-    dagster_home = prepare_dagster_home(settings.home, settings.dagster.postgres_url_env)
+    dagster_home = prepare_dagster_home(settings.local_home, settings.dagster.postgres_url_env)
     env.setdefault("DAGSTER_HOME", str(dagster_home))
     dagster = Path(sys.executable).with_name("dagster")
     command = [str(dagster) if dagster.exists() else "dagster", *args]
@@ -106,7 +106,7 @@ def cmd_materialize(ns: argparse.Namespace) -> int:
                                                  run_summary)
 
     settings = load_settings()
-    dagster_home = prepare_dagster_home(settings.home, settings.dagster.postgres_url_env)
+    dagster_home = prepare_dagster_home(settings.local_home, settings.dagster.postgres_url_env)
     os.environ.setdefault("DAGSTER_HOME", str(dagster_home))
     run_config = refresh_run_config(ns.as_of, ns.families, ns.seed)
     if not ns.verbose:
@@ -114,14 +114,14 @@ def cmd_materialize(ns: argparse.Namespace) -> int:
         # event log); the terminal gets one line per step and the summary.
         run_config = {**run_config, **QUIET_CONSOLE}
         warnings.filterwarnings("ignore", module=r"dagster(\..*)?$")
-    log = log_path(settings.home)
+    log = log_path(settings.local_home)
     print(f"refreshing {settings.home} (Dagster log: {log})", flush=True)
     with dg.DagsterInstance.from_config(os.environ["DAGSTER_HOME"]) as instance, open(log, "w") as log_file:
         watcher = RunWatcher(instance, log_file, sys.stdout)
         watcher.start()
         result = None
         try:
-            result = run_refresh(settings.home, instance, run_config, ns.select)
+            result = run_refresh(settings.local_home, instance, run_config, ns.select)
         except RefreshBusy as exc:
             print(f"churn-assets materialize: {exc}", file=sys.stderr)
             return 3
@@ -187,7 +187,7 @@ def _report_production_to_dagster(pointer: dict, action: str) -> str | None:
         import dagster as dg
 
         settings = load_settings()
-        dagster_home = prepare_dagster_home(settings.home, settings.dagster.postgres_url_env)
+        dagster_home = prepare_dagster_home(settings.local_home, settings.dagster.postgres_url_env)
         with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
             instance.report_runless_asset_event(dg.AssetMaterialization(
                 asset_key="deployed_model",

@@ -255,6 +255,10 @@ class DagsterSettings(_Strict):
     postgres_url_env: str = ""
     celery_broker_env: str = "CHURN_ASSETS_CELERY_BROKER"
     celery_backend_env: str = ""
+    # Where this machine keeps the Dagster instance, run logs and the refresh lock when
+    # `home` is on object storage (they are per-machine state, not shared data); default
+    # ~/.churn_assets/<bucket>_<prefix>. A local `home` keeps them inside it, as before.
+    local_dir: str = ""
 
     @model_validator(mode="after")
     def _celery_needs_a_broker(self):
@@ -317,6 +321,28 @@ class Settings(_Strict):
     dagster: DagsterSettings = Field(default_factory=DagsterSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
+    @field_validator("home", mode="plain")
+    @classmethod
+    def _local_path_or_s3_url(cls, value):
+        # A local folder stays a Path; "s3://bucket/prefix" becomes a UPath (storage/location.py
+        # adds the endpoint from AWS_ENDPOINT_URL). Any other scheme is refused here, at load
+        # time, rather than silently becoming a local folder named "gs:".
+        if not isinstance(value, (str, os.PathLike)) and not hasattr(value, "protocol"):
+            raise ValueError(f"must be a local path or an s3:// URL, not {type(value).__name__}")
+        text = value if isinstance(value, str) else str(value)
+        scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", text)
+        if scheme is None:
+            return Path(text).expanduser()
+        if scheme.group(1).lower() != "s3":
+            raise ValueError(f"{text!r}: the data directory must be a local path or an s3:// URL,"
+                             f" not {scheme.group(1)}://")
+        if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?", text):
+            raise ValueError(f"{text!r}: not an s3://bucket/prefix URL (bucket names are 3-63"
+                             " lower-case letters, digits, dots and hyphens)")
+        from upath import UPath
+
+        return UPath(text.rstrip("/"))
+
     @field_validator("spec")
     @classmethod
     def _loadable_spec(cls, value: str) -> str:
@@ -327,8 +353,19 @@ class Settings(_Strict):
         return value
 
     @property
+    def local_home(self) -> Path:
+        """This machine's folder for the instance, logs and the refresh lock: ``home``
+        itself when it is local, else ``[dagster] local_dir`` or one derived from the URL."""
+        if "://" not in str(self.home):
+            return Path(self.home)
+        if self.dagster.local_dir:
+            return Path(self.dagster.local_dir).expanduser()
+        slug = re.sub(r"[^A-Za-z0-9.-]+", "_", str(self.home).split("://", 1)[1]).strip("_")
+        return Path("~/.churn_assets").expanduser() / slug
+
+    @property
     def dagster_home(self) -> Path:
-        return self.home / "dagster"
+        return self.local_home / "dagster"
 
     @property
     def gate_rules(self) -> tuple[GateRule, ...]:
@@ -379,7 +416,7 @@ def load_settings(environ: dict | None = None) -> Settings:
 def _resolve_paths(data: dict, base: Path) -> dict:
     """Relative paths in the file are relative to the file, not to the working directory."""
     data = dict(data)
-    if isinstance(data.get("home"), str):
+    if isinstance(data.get("home"), str) and "://" not in data["home"]:  # a URL is not relative
         data["home"] = str(_resolve(data["home"], base))
     if isinstance(data.get("spec"), str) and data["spec"].endswith(".json"):
         data["spec"] = str(_resolve(data["spec"], base))

@@ -35,6 +35,7 @@ from churn_assets.core.code_version import code_version
 from churn_assets.core.spec import FeatureSpec
 from churn_assets.core.training import ModelingFrames
 from churn_assets.storage.atomic import atomic_write_json
+from churn_assets.storage.location import location
 from churn_assets.storage.registry import ModelRegistry, RegistryError
 
 KEEP_RUN_RECORDS = 50
@@ -72,7 +73,7 @@ class DecisionLog:
     """``decisions/`` in a data directory; every write is atomic (temp file + rename)."""
 
     def __init__(self, home: str | Path) -> None:
-        self.dir = Path(home) / "decisions"
+        self.dir = location(home) / "decisions"  # a Path, or a UPath for an s3:// home
         self.runs_dir = self.dir / "runs"
         self.last_path = self.dir / "last_decision.json"
 
@@ -137,7 +138,7 @@ def already_decided(home: str | Path, coverage: dict, spec: FeatureSpec, rules) 
                     f" {coverage['newest_final_snapshot']}) was refused by the gate in run"
                     f" {str(last.get('run_id'))[:8]}; it would be refused again")
     try:
-        production = ModelRegistry(Path(home) / "registry").production()
+        production = ModelRegistry(location(home) / "registry").production()
     except (RegistryError, OSError, ValueError, KeyError):
         return None  # an unreadable registry: retrain, and let the evaluation name the problem
     if production is None:

@@ -8,7 +8,7 @@ from churn_assets.defs.checks import deployment_gate
 from churn_assets.defs.data import clean_features, raw_customers
 from churn_assets.defs.deployment import deployed_model
 from churn_assets.defs.evaluation import evaluation_report
-from churn_assets.defs.io_managers import JoblibIOManager
+from churn_assets.defs.io_managers import JoblibIOManager, step_output_io_manager
 from churn_assets.defs.model import churn_model, fitted_scaler
 from churn_assets.defs.monitoring import MonitoringPlan, data_drift, model_health, model_health_sensor
 from churn_assets.defs.resources import (ChurnStorage, DeploymentGateRules, TrainingPlan,
@@ -25,7 +25,11 @@ CHECKS = [deployment_gate, data_drift]
 
 
 def build_resources(settings: Settings, source: CustomerSource | None = None) -> dict:
-    """Resources for ``settings``; tests pass their own ``source`` and temporary home."""
+    """Resources for ``settings``; tests pass their own ``source`` and temporary home.
+
+    ``settings.home`` is a ``Path`` or, for an ``s3://`` home, a ``UPath``: everything below
+    it, step outputs included, then lives on object storage (docs/deploy.md).
+    """
     home = settings.home
     return {
         "customer_source": source or source_from_settings(settings.source),
@@ -33,7 +37,7 @@ def build_resources(settings: Settings, source: CustomerSource | None = None) ->
         "training_plan": TrainingPlan(spec=settings.spec, **settings.window.model_dump()),
         "gate_rules": DeploymentGateRules.from_rules(settings.gate_rules),
         "monitoring": MonitoringPlan.from_settings(settings.monitoring),
-        "io_manager": dg.FilesystemIOManager(base_dir=str(home / "dagster_storage")),
+        "io_manager": step_output_io_manager(home / "dagster_storage"),
         "model_io_manager": JoblibIOManager(base_dir=str(home / "artifacts")),
         "risk_list": RiskList(**settings.scores.model_dump()),
     }

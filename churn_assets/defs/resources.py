@@ -15,6 +15,7 @@ from churn_assets.core.gate import DEFAULT_RULES, GateRule
 from churn_assets.core.spec import FeatureSpec, SpecError, load_spec
 from churn_assets.core.training import WindowPlan
 from churn_assets.settings import SourceSettings
+from churn_assets.storage import location
 from churn_assets.storage.atomic import atomic_write_bytes, private_mkdir
 from churn_assets.storage.history import CustomerHistory
 from churn_assets.storage.registry import ModelRegistry
@@ -27,18 +28,28 @@ from churn_assets.sources.sql import SqlSource
 
 
 class ChurnStorage(dg.ConfigurableResource):
-    """The data directory: customer history, landed raw batches and the model registry."""
+    """The data directory: customer history, landed raw batches and the model registry.
+
+    ``home`` is a local folder or an ``s3://bucket/prefix`` URL (storage/location.py).
+    """
 
     home: str
 
     @property
     def root(self) -> Path:
-        return Path(self.home).expanduser()
+        """``Path`` for a local home, ``UPath`` for an s3:// one (same ``/`` and methods)."""
+        return location.location(self.home)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        root = self.root
+        if location.is_remote(root):
+            # Fail the first step with one line naming the URL, before anything is written
+            # (a missing bucket would otherwise surface as a stack trace mid-upsert).
+            location.check_reachable(root)
+            return
         # Customer data and pickled models live here: the directory is the owner's alone
         # (0700, like ~/.ssh), whatever the umask, so modes of files below it cannot leak.
-        private_mkdir(self.root, tighten=True)
+        private_mkdir(root, tighten=True)
 
     def history(self) -> CustomerHistory:
         return CustomerHistory(self.root / "history")
@@ -59,7 +70,8 @@ class ChurnStorage(dg.ConfigurableResource):
             buf = io.BytesIO(records.to_csv(index=False).encode())
             path = stem.with_suffix(".csv")
         atomic_write_bytes(path, buf.getvalue())
-        for old in sorted(landing.glob("batch-*"))[:-keep]:
+        batches = [p for p in landing.iterdir() if p.name.startswith("batch-")]
+        for old in sorted(batches, key=lambda p: p.name)[:-keep]:
             old.unlink(missing_ok=True)
         return path
 

@@ -17,11 +17,16 @@ retried when the pointer or the artifact file changes. When the artifact of the 
 being served changes on disk (someone replaced model.joblib), it is hashed again: a
 mismatch with the registry's sha256 is reported as ``disk_problem`` (``/ready`` says
 degraded, ``/model`` says which file) while the verified copy in memory keeps serving.
+
+On object storage (an ``s3://`` registry) there are no inodes: the poll asks for the
+pointer object's ETag (one HEAD), which changes with every PUT, and the artifact's ETag
+likewise; everything else, the sha256 checks included, is the same.
 """
 
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import logging
 import os
@@ -34,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from churn_assets.core.artifact import ChurnPredictor
+from churn_assets.storage import location
 from churn_assets.storage.registry import ModelRegistry, RegistryError, file_sha256
 from churn_assets.serving.fast_path import CompiledChurnModel, EncodedRecords, Uncompilable
 from churn_assets.serving.schema import RecordSchema
@@ -95,11 +101,23 @@ def load_serving_model(registry: ModelRegistry, pointer: dict, max_batch: int) -
 
 
 def _stat_key(path: Path) -> tuple | None:
+    if location.is_remote(path):
+        tag = location.etag(path)  # a new PUT, a new ETag; None when the object is absent
+        return None if tag is None else ("etag", tag)
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _sha256(path) -> str:
+    if location.is_remote(path):
+        payload = location.read_bytes(path)
+        if payload is None:
+            raise FileNotFoundError(location.url(path))
+        return hashlib.sha256(payload).hexdigest()
+    return file_sha256(path)
 
 
 class ModelStore:
@@ -121,7 +139,12 @@ class ModelStore:
     def refresh(self) -> None:
         """Load the pointer's version if the pointer (or a refused artifact) changed."""
         with self._refresh_lock:
-            pointer_key = _stat_key(self.registry.pointer_path)
+            try:
+                pointer_key = _stat_key(self.registry.pointer_path)
+            except location.StorageLocationError as exc:  # object storage unreachable: retry next poll
+                still = f"still serving {self.current.version}" if self.current else "no model is being served"
+                self.load_problem = f"cannot read the production pointer: {exc}; {still}"
+                return
             if pointer_key is None:
                 self._seen = None
                 if self.current is None:
@@ -187,7 +210,7 @@ class ModelStore:
         """
         path = self.registry.versions_dir / model.version / "model.joblib"
         try:
-            actual = file_sha256(path)
+            actual = _sha256(path)
         except OSError as exc:
             actual = None
             found = f"cannot be read ({type(exc).__name__})"

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
+from churn_assets.storage import location
+
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 # A temporary whose writer is still alive is left alone unless it is older than this:
@@ -39,7 +41,12 @@ def private_mkdir(path: Path, *, tighten: bool = False) -> Path:
     bits; a parent such as the user's home is not ours to change). ``tighten=True`` also makes
     an existing ``path`` 0700: for a directory that is ours, e.g. one made before files
     were kept private.
+
+    On object storage there are no folders (a prefix exists once an object under it
+    does) and no modes (access is the bucket's policy): nothing to do.
     """
+    if location.is_remote(path):
+        return path
     path = Path(path)
     missing = []
     probe = path
@@ -87,7 +94,12 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
 
     If anything fails (disk full, ``path`` is a directory, ...) the temporary file is
     removed and the old file is left as it was.
+
+    On object storage the same guarantee is one PUT: no temporary, no rename.
     """
+    if location.is_remote(path):
+        location.put_bytes(path, payload)
+        return
     path = Path(path)
     private_mkdir(path.parent)
     tmp = temp_path_for(path)
@@ -115,7 +127,10 @@ def clean_stale_temporaries(directory: Path, *, max_age_seconds: float = STALE_A
     if its PID is no longer running, or if it is older than ``max_age_seconds`` (the PID
     has been reused). Temporaries of live writers, including this process, are kept:
     their write may be in progress. Symlinks are removed, never followed.
+    Object storage has no temporaries to leave behind (a PUT is whole or absent).
     """
+    if location.is_remote(directory):
+        return []
     directory = Path(directory)
     removed: list[Path] = []
     try:
@@ -180,7 +195,10 @@ def _unlink_quietly(path: Path) -> None:
 
 
 def fsync_dir(directory: Path) -> None:
-    """Make a rename or a new entry in ``directory`` durable (the entry lives in the folder)."""
+    """Make a rename or a new entry in ``directory`` durable (the entry lives in the folder).
+    A PUT that returned is durable on object storage: nothing to do there."""
+    if location.is_remote(directory):
+        return
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

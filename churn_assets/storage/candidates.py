@@ -11,6 +11,10 @@ processes recording at once (the gate check and ``deployed_model`` of another ru
 interleave their lines, and a crash loses at most the line being written. A torn or
 hand-edited line is reported by ``read`` and skipped, never fatal: one bad line must not
 hide every other refusal.
+
+On object storage (an ``s3://`` registry) there is no O_APPEND: a line is appended with
+a conditional PUT of the whole object, redone if another writer changed it in between
+(storage/location.py ``append_bytes``), so no line is lost there either.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from churn_assets.storage import location
 
 FILE_NAME = "candidates.jsonl"
 
@@ -53,7 +58,7 @@ class CandidateLog:
     """Append-only log of refused challengers under a registry root."""
 
     def __init__(self, registry_root: str | os.PathLike) -> None:
-        self.path = Path(registry_root) / FILE_NAME
+        self.path = location.location(registry_root) / FILE_NAME
 
     def record(self, entry: dict) -> dict:
         """Append ``entry`` (plain JSON-able values) with ``recorded_at``; returns what was written.
@@ -64,6 +69,9 @@ class CandidateLog:
         """
         body = _json_safe({"recorded_at": _now(), **entry})
         line = (json.dumps(body, sort_keys=True) + "\n").encode()
+        if location.is_remote(self.path):
+            location.append_bytes(self.path, line)
+            return body
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
@@ -81,25 +89,29 @@ class CandidateLog:
         The same refusal recorded twice in one run (by the gate check and by
         ``deployed_model``) is kept once: run id and challenger fingerprint identify it.
         """
-        if not self.path.exists():
+        if location.is_remote(self.path):
+            raw_lines = (location.read_bytes(self.path) or b"").split(b"\n")
+        elif not self.path.exists():
             return CandidateRead([])
+        else:
+            with open(self.path, "rb") as fh:
+                raw_lines = fh.read().split(b"\n")
         entries, problems, seen = [], [], set()
-        with open(self.path, "rb") as fh:
-            for number, raw in enumerate(fh, start=1):
-                text = raw.strip()
-                if not text:
-                    continue
-                try:
-                    entry = json.loads(text)
-                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                    problems.append(f"{self.path}:{number}: unreadable line skipped ({exc})")
-                    continue
-                if not isinstance(entry, dict):
-                    problems.append(f"{self.path}:{number}: not a JSON object; skipped")
-                    continue
-                key = (entry.get("run_id"), entry.get("challenger_fingerprint"))
-                if key != (None, None) and key in seen:
-                    continue
-                seen.add(key)
-                entries.append(entry)
+        for number, raw in enumerate(raw_lines, start=1):
+            text = raw.strip()
+            if not text:
+                continue
+            try:
+                entry = json.loads(text)
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                problems.append(f"{self.path}:{number}: unreadable line skipped ({exc})")
+                continue
+            if not isinstance(entry, dict):
+                problems.append(f"{self.path}:{number}: not a JSON object; skipped")
+                continue
+            key = (entry.get("run_id"), entry.get("challenger_fingerprint"))
+            if key != (None, None) and key in seen:
+                continue
+            seen.add(key)
+            entries.append(entry)
         return CandidateRead(entries, problems)

@@ -13,6 +13,8 @@ Record kinds (every record also has ``kind``, ``recorded_at`` and usually ``run_
 Why JSONL and not a table: appends never rewrite history, so a crash can at worst
 leave one torn last line (skipped on read), never lose earlier weeks. Each append is
 flushed and fsynced under an exclusive lock, so two writers never interleave lines.
+On object storage (``s3://`` home) an append is a conditional PUT of the whole object,
+redone if another writer changed it in between (storage/location.py ``append_bytes``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import fcntl
 import json
 import math
 import os
-from pathlib import Path
+
+from churn_assets.storage import location
 
 KINDS = ("estimate", "realized", "drift", "alarm")
 
@@ -46,7 +49,7 @@ class HealthLog:
     """The health time series of one data directory (``$CHURN_ASSETS_HOME/health``)."""
 
     def __init__(self, directory: str | os.PathLike) -> None:
-        self.directory = Path(directory)
+        self.directory = location.location(directory)
         self.path = self.directory / "health.jsonl"
 
     def append(self, *records: dict) -> None:
@@ -59,6 +62,9 @@ class HealthLog:
                 raise ValueError(f"health record kind must be one of {KINDS}, got {record.get('kind')!r}")
             body = _clean({"recorded_at": _now(), **record})
             lines.append(json.dumps(body, sort_keys=True, default=str, allow_nan=False))
+        if location.is_remote(self.path):
+            location.append_bytes(self.path, ("\n".join(lines) + "\n").encode())
+            return
         self.directory.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
@@ -77,17 +83,21 @@ class HealthLog:
 
     def records(self, kind: str | None = None) -> list[dict]:
         """Every readable record (oldest first), optionally of one ``kind``."""
-        if not self.path.exists():
+        if location.is_remote(self.path):
+            lines = (location.read_bytes(self.path) or b"").split(b"\n")
+        elif not self.path.exists():
             return []
+        else:
+            with open(self.path, "rb") as fh:
+                lines = fh.read().split(b"\n")
         found = []
-        with open(self.path, "rb") as fh:
-            for line in fh:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue  # a torn line from a crash mid-append
-                if isinstance(record, dict) and (kind is None or record.get("kind") == kind):
-                    found.append(record)
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a torn line from a crash mid-append
+            if isinstance(record, dict) and (kind is None or record.get("kind") == kind):
+                found.append(record)
         return found
 
     def keyed(self, kind: str) -> dict[tuple[str, str], dict]:

@@ -17,6 +17,12 @@ idempotent upsert finishes the job (rows already written count as unchanged).
 
 A history in the old single-file layout (``customers.parquet``) is split into weeks by
 the first upsert; the old file is removed only once every week file is on disk.
+
+On object storage (``s3://`` home, storage/location.py) a week file is replaced by one
+PUT, which is just as all-or-nothing, and pyarrow reads through the s3fs filesystem.
+There is no ``.lock``: object storage has no advisory locks, so a writer relies on
+being the only one (the ``churn_refresh`` run queue admits one refresh at a time,
+docs/deploy.md), and a reader sees each week file whole, old or new.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from churn_assets.storage import location
 from churn_assets.storage.atomic import atomic_write_bytes, atomic_write_json, fsync_dir
 
 LEGACY_FILE = "customers.parquet"
@@ -75,7 +82,10 @@ class CustomerHistory:
     (customer id, snapshot date); the last key column is the one weeks are cut by."""
 
     def __init__(self, directory: str | os.PathLike) -> None:
-        self.directory = Path(directory)
+        self.directory = location.location(directory)
+        self.remote = location.is_remote(self.directory)
+        # What pyarrow opens: the s3fs filesystem and "bucket/key" paths, or None and local paths.
+        self._filesystem = self.directory.fs if self.remote else None
         self.weeks_dir = self.directory / "weeks"
         self.legacy_path = self.directory / LEGACY_FILE
         self.state_path = self.directory / "state.json"
@@ -86,8 +96,19 @@ class CustomerHistory:
     def week_path(self, week: pd.Timestamp) -> Path:
         return self.weeks_dir / f"{pd.Timestamp(week):%Y-%m-%d}.parquet"
 
+    def _arrow_path(self, week: pd.Timestamp) -> str:
+        """``week_path`` as pyarrow takes it together with ``self._filesystem``."""
+        return self._arrow(self.week_path(week))
+
+    def _arrow(self, path) -> str:
+        return path.path if self.remote else str(path)
+
     def weeks(self) -> list[pd.Timestamp]:
         """The Mondays of the stored weeks, oldest first."""
+        if self.remote:
+            names = [p.name for p in self.weeks_dir.iterdir()] if self.weeks_dir.is_dir() else []
+            return sorted(pd.Timestamp(n[:-len(".parquet")]) for n in names
+                          if n[:1].isdigit() and n.endswith(".parquet"))
         if not self.weeks_dir.is_dir():
             return []
         # Temporary files of an interrupted write start with "." and end in ".tmp".
@@ -103,12 +124,14 @@ class CustomerHistory:
                 if since is not None or until is not None:
                     raise HistoryError(f"{self.legacy_path} is in the old single-file layout; an"
                                        " upsert migrates it to weekly files before windowed reads")
-                return pd.read_parquet(self.legacy_path, columns=columns)
+                return pd.read_parquet(self._arrow(self.legacy_path), columns=columns,
+                                       filesystem=self._filesystem)
             return self._read(since, until, columns)
 
     def total_rows(self) -> int:
         """Row count from the week files' Parquet footers (no data is read)."""
-        return sum(pq.read_metadata(self.week_path(w)).num_rows for w in self.weeks())
+        return sum(pq.read_metadata(self._arrow_path(w), filesystem=self._filesystem).num_rows
+                   for w in self.weeks())
 
     def state(self) -> dict:
         if not self.state_path.exists():
@@ -174,7 +197,8 @@ class CustomerHistory:
                      schema: pa.Schema) -> tuple[int, int]:
         """Merge one week's records into its file; (inserted, updated) row counts."""
         path = self.week_path(week)
-        existing = pq.read_table(path).to_pandas() if path.exists() else None
+        existing = (pq.read_table(self._arrow(path), filesystem=self._filesystem).to_pandas()
+                    if path.exists() else None)
         if existing is None or existing.empty:
             merged, inserted, updated = records, len(records), 0
         else:
@@ -202,13 +226,13 @@ class CustomerHistory:
 
     def _schema(self) -> pa.Schema | None:
         weeks = self.weeks()
-        return pq.read_schema(self.week_path(weeks[-1])) if weeks else None
+        return pq.read_schema(self._arrow_path(weeks[-1]), filesystem=self._filesystem) if weeks else None
 
     def _read(self, since, until, columns) -> pd.DataFrame | None:
         weeks = self.weeks()
         if not weeks:
             return None
-        schema = pq.read_schema(self.week_path(weeks[-1]))
+        schema = pq.read_schema(self._arrow_path(weeks[-1]), filesystem=self._filesystem)
         layout = _layout(schema)
         keys, date_col = layout["key_columns"], layout["key_columns"][-1]
         lo = None if since is None else pd.Timestamp(since)
@@ -223,7 +247,8 @@ class CustomerHistory:
         read = wanted + [k for k in keys if k not in wanted]
         if not chosen:
             return schema.empty_table().select(read).to_pandas()[wanted]
-        dataset = pads.dataset([str(self.week_path(w)) for w in chosen], format="parquet", schema=schema)
+        dataset = pads.dataset([self._arrow_path(w) for w in chosen], format="parquet", schema=schema,
+                               filesystem=self._filesystem)
         table = dataset.to_table(columns=read, filter=_date_filter(schema, date_col, lo, hi))
         # Each file is sorted by the keys, but the weeks interleave customers: one sort
         # gives the order the single-file layout had, so models trained on it do not change.
@@ -243,7 +268,7 @@ class CustomerHistory:
         """
         if not self.legacy_path.exists():
             return
-        table = pq.read_table(self.legacy_path)
+        table = pq.read_table(self._arrow(self.legacy_path), filesystem=self._filesystem)
         missing = [c for c in key_columns if c not in table.column_names]
         if missing:
             raise HistoryError(f"{self.legacy_path} lacks the key columns {missing}; cannot migrate it")
@@ -259,7 +284,8 @@ class CustomerHistory:
 
     def _remove_stale_temporaries(self) -> None:
         # Left behind only by a writer that died mid-write; we hold the lock, so none is live.
-        if self.weeks_dir.is_dir():
+        # (Object storage has none: a PUT is whole or absent.)
+        if not self.remote and self.weeks_dir.is_dir():
             for tmp in self.weeks_dir.glob(".*.tmp"):
                 tmp.unlink(missing_ok=True)
 
@@ -267,7 +293,11 @@ class CustomerHistory:
     def _locked(self, exclusive: bool):
         """Hold ``.lock``: exclusive for a read-modify-write, shared for a read, so a reader
         never sees half an upsert and two writers never interleave. Released by the kernel
-        when the process dies, so a crash never leaves it held."""
+        when the process dies, so a crash never leaves it held. Object storage has no
+        locks: a single writer is the deployment's job there (module docstring)."""
+        if self.remote:
+            yield
+            return
         if not exclusive and not self.directory.is_dir():
             yield  # nothing stored yet, and a reader should not create the directory
             return

@@ -17,6 +17,9 @@ Damage stays local: an unreadable old version is skipped (and reported by
 is repaired by promoting or rolling back to a named version, which never needs to read
 the old pointer. Nothing is read or written through a symlink that leaves the registry,
 and everything is private to the owner (0700/0600).
+
+``ModelRegistry("s3://bucket/prefix/registry")`` opens the same layout on object storage
+(storage/object_registry.py); the reading code here is shared through small hooks.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from pathlib import Path
 
 import joblib
 
+from churn_assets.storage import location
 from churn_assets.storage.atomic import (
     append_line,
     atomic_write_json,
@@ -93,7 +97,7 @@ class UnknownVersionError(RegistryError):
 
 class _PathError(RegistryError):
     def __init__(self, path: Path, reason: str, hint: str = "") -> None:
-        self.path, self.reason = Path(path), reason
+        self.path, self.reason = (path if location.is_remote(path) else Path(path)), reason
         super().__init__(f"{path}: {reason}" + (f"; {hint}" if hint else ""))
 
 
@@ -147,6 +151,10 @@ def _read_json_object(path: Path, limit: int, hint: str = "") -> dict:
         raise CorruptFileError(path, "is missing", hint) from None
     except OSError as exc:
         raise CorruptFileError(path, f"cannot be read ({exc.strerror or exc})", hint) from None
+    return _parse_json_object(path, raw, limit, hint)
+
+
+def _parse_json_object(path, raw: bytes, limit: int, hint: str = "") -> dict:
     if len(raw) > limit:
         raise CorruptFileError(path, f"is larger than {limit} bytes, so the registry did not write it", hint)
     if not raw.strip():
@@ -161,6 +169,15 @@ def _read_json_object(path: Path, limit: int, hint: str = "") -> dict:
 
 
 class ModelRegistry:
+    def __new__(cls, root=None, *args, **kwargs):
+        # An s3:// root opens the object-storage registry behind the same name, so every
+        # caller (CLI, server, assets) opens either kind with ModelRegistry(root).
+        if cls is ModelRegistry and location.scheme_of(root) is not None:
+            from churn_assets.storage.object_registry import ObjectModelRegistry
+
+            return super().__new__(ObjectModelRegistry)
+        return super().__new__(cls)
+
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         self.versions_dir = self.root / "versions"
@@ -215,6 +232,17 @@ class ModelRegistry:
         finally:
             os.close(fd)  # releases the lock
 
+    # -- storage hooks (overridden for object storage) -----------------------------------
+    def _lexists(self, path) -> bool:
+        return os.path.lexists(path)
+
+    def _read_json(self, path, limit: int, hint: str = "") -> dict:
+        return _read_json_object(path, limit, hint)
+
+    def _entry_names(self) -> list[str]:
+        with os.scandir(self.versions_dir) as entries:
+            return [entry.name for entry in entries]
+
     # -- reading ---------------------------------------------------------------------------
     def _read_version(self, name: str) -> ModelVersion:
         path = self.versions_dir / name
@@ -222,8 +250,8 @@ class ModelRegistry:
         manifest_path = path / "manifest.json"
         self._inside(manifest_path, f"{name}/manifest.json")
         self._inside(path / "model.joblib", f"{name}/model.joblib")
-        manifest = _read_json_object(manifest_path, MAX_MANIFEST_BYTES,
-                                     f"version {name} cannot be used; other versions are unaffected")
+        manifest = self._read_json(manifest_path, MAX_MANIFEST_BYTES,
+                                   f"version {name} cannot be used; other versions are unaffected")
         sha = manifest.get("sha256")
         if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
             raise CorruptFileError(manifest_path, f"has no valid 'sha256' ({_shown(sha)}), so {name}'s"
@@ -232,16 +260,14 @@ class ModelRegistry:
 
     def _scan(self) -> tuple[list[ModelVersion], list[RegistryError], int]:
         """(readable versions oldest first, one error per damaged version, highest number used)."""
-        if not os.path.lexists(self.versions_dir):
+        if not self._lexists(self.versions_dir):
             return [], [], 0
         try:
             self._inside(self.versions_dir, "versions/")
         except UnsafePathError as exc:  # reported, not listed; register() refuses it
             return [], [exc], 0
         good, problems, highest = [], [], 0
-        with os.scandir(self.versions_dir) as entries:
-            names = [entry.name for entry in entries]
-        for name in names:
+        for name in self._entry_names():
             match = VERSION_PATTERN.fullmatch(name)
             if match is None:
                 continue
@@ -275,7 +301,7 @@ class ModelRegistry:
         """The version named ``version``: UnknownVersionError if there is none, CorruptFileError
         or UnsafePathError if its folder is damaged or leaves the registry."""
         if (isinstance(version, str) and VERSION_PATTERN.fullmatch(version)
-                and os.path.lexists(self.versions_dir / version)):
+                and self._lexists(self.versions_dir / version)):
             return self._read_version(version)
         known = [v.version for v in self.versions()]
         raise UnknownVersionError(f"no model version {_shown(version)} in {self.root}; known: {known}")
@@ -285,9 +311,9 @@ class ModelRegistry:
         CorruptFileError naming production.json and how to repair it."""
         path = self.pointer_path
         self._refuse_symlink(path, "production.json")
-        if not os.path.lexists(path):
+        if not self._lexists(path):
             return None
-        pointer = _read_json_object(path, MAX_POINTER_BYTES, REPAIR_HINT)
+        pointer = self._read_json(path, MAX_POINTER_BYTES, REPAIR_HINT)
         version = pointer.get("version")
         if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):
             raise CorruptFileError(path, f"names no version ('version' is {_shown(version)})", REPAIR_HINT)

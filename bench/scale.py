@@ -5,9 +5,10 @@
 weekly   one incremental weekly refresh (upsert the new batch + windowed read +
          split_by_time) at 100,000 customers on top of 10, 20, 40 and 80 stored weeks,
          and the single-file layout of the last commit (``git show HEAD``) at 10 and 20.
-big      a first refresh (validate + upsert + windowed read + split) whose training
-         window holds 1 M, 3 M and 10 M snapshots, plus fitting the preprocessing and
-         training both families at 1 M and 3 M.
+big      a first refresh (the batch pickled and loaded by Dagster's io manager,
+         validate + upsert in chunks and in one frame, windowed read + split) whose
+         training window holds 1 M, 3 M and 10 M snapshots, plus fitting the
+         preprocessing and training both families up to --train-up-to.
 threads  training beside a second CPU-bound process, with and without a thread budget.
 engines  the windowed read with pyarrow datasets vs DuckDB (if importable).
 
@@ -63,11 +64,18 @@ def peak_gib() -> float:
 def run_weekly(home: str, batch: str, as_of: str, legacy: str) -> dict:
     from churn_assets.core.spec import LABEL, churn_label, load_spec
     from churn_assets.core.training import WindowPlan, split_by_time
-    from churn_assets.defs.window import load_training_history
+    from churn_assets.defs.window import load_modeling_frames, load_training_history
 
     spec, plan = load_spec("simulator"), WindowPlan()
     records = pd.read_parquet(batch)
     base = peak_gib()
+    phase_peaks = {}
+
+    def phase_peak(name):
+        # Each phase's own peak (the reset makes VmHWM the current RSS); Linux only.
+        phase_peaks[f"{name}_peak_gib"] = round(peak_gib(), 2)
+        Path("/proc/self/clear_refs").write_text("5")
+
     began = time.perf_counter()
     if legacy:
         import importlib.util
@@ -76,31 +84,52 @@ def run_weekly(home: str, batch: str, as_of: str, legacy: str) -> dict:
         sys.modules["old_history"] = old  # dataclasses look their module up there
         module_spec.loader.exec_module(old)
         history = old.CustomerHistory(home)
-        summary = history.upsert(records, KEYS, state={"as_of": as_of})
-        upserted = time.perf_counter()
-        stored = history.load()
     else:
         from churn_assets.storage.history import CustomerHistory
         history = CustomerHistory(home)
-        summary = history.upsert(records, KEYS, state={"as_of": as_of})
-        upserted = time.perf_counter()
-        stored = load_training_history(history, spec, plan, pd.Timestamp(as_of))
-    read = time.perf_counter()
-    stored[LABEL] = churn_label(stored[spec.target_column], spec)
-    frames = split_by_time(stored, spec, plan, pd.Timestamp(as_of))
+    summary = history.upsert(records, KEYS, state={"as_of": as_of})
+    upserted = time.perf_counter()
+    overall = peak_gib()
+    phase_peak("upsert")
+    if legacy:  # HEAD's refresh: read the window, then split it
+        if hasattr(history, "weeks"):
+            stored = load_training_history(history, spec, plan, pd.Timestamp(as_of))
+        else:
+            stored = history.load()  # the single-file layout (before commit 0c36422)
+        stored[LABEL] = churn_label(stored[spec.target_column], spec)
+        frames = split_by_time(stored, spec, plan, pd.Timestamp(as_of))
+        del stored
+    else:  # what clean_features does now
+        frames = load_modeling_frames(history, spec, plan, pd.Timestamp(as_of))
     done = time.perf_counter()
-    return {"batch_rows": len(records), "history_rows": summary.total_rows, "rows_read": len(stored),
+    overall = max(overall, peak_gib())
+    phase_peak("read_split")
+
+    def gib(frame):
+        return round(frame.memory_usage(deep=True).sum() / 2**30, 3)
+
+    return {"batch_rows": len(records), "history_rows": summary.total_rows,
             "window_rows": len(frames.train) + len(frames.validation),
-            "upsert_s": round(upserted - began, 2), "read_s": round(read - upserted, 2),
-            "split_s": round(done - read, 2), "total_s": round(done - began, 2),
-            "peak_gib": round(peak_gib(), 2), "peak_before_gib": round(base, 2)}
+            "holdout_rows": len(frames.holdout), "held_back_rows": frames.held_back_rows,
+            "upsert_s": round(upserted - began, 2), "read_split_s": round(done - upserted, 2),
+            "total_s": round(done - began, 2),
+            "peak_gib": round(overall, 2), "peak_before_gib": round(base, 2), **phase_peaks,
+            # The floor: what the next step is handed, whatever the code does.
+            "output_frames_gib": round(sum(gib(f) for f in (frames.train, frames.validation,
+                                                            frames.holdout)), 3)}
 
 
-def run_big(batch: str, home: str, as_of: str, train: str) -> dict:
+def run_big(batch: str, home: str, as_of: str, train: str, chunk_rows: str) -> dict:
+    """A first refresh as the in-process run does it: the source's batch, raw_customers'
+    output pickled by Dagster's default io manager and loaded by clean_features, then
+    validate + upsert (``store_batch``, in chunks), ``load_modeling_frames``, and optionally
+    training. ``chunk_rows`` 0: validation in one frame and read-then-split, as before."""
+    import dagster as dg
     from churn_assets.core.spec import LABEL, churn_label, load_spec
     from churn_assets.core.training import WindowPlan, split_by_time
     from churn_assets.core.validation import validate_records
-    from churn_assets.defs.window import load_training_history
+    from churn_assets.defs.data import RawBatch, store_batch
+    from churn_assets.defs.window import load_modeling_frames, load_training_history
     from churn_assets.storage.history import CustomerHistory
 
     spec, plan, as_of = load_spec("simulator"), WindowPlan(), pd.Timestamp(as_of)
@@ -112,24 +141,42 @@ def run_big(batch: str, home: str, as_of: str, train: str) -> dict:
         phases[name] = round(now - t, 1)
         phases[f"{name}_peak_gib"] = round(peak_gib(), 2)
         phases["overall_peak_gib"] = max(phases.get("overall_peak_gib", 0), phases[f"{name}_peak_gib"])
+        # Progress on stderr, so a run stopped during a long training still tells how far it got.
+        print(json.dumps({name: phases[name], f"{name}_peak_gib": phases[f"{name}_peak_gib"]}),
+              file=sys.stderr, flush=True)
         # Reset VmHWM so the next phase reports its own peak (Linux: clear_refs 5).
         Path("/proc/self/clear_refs").write_text("5")
         t = now
 
     records = pd.read_parquet(batch)
     mark("read_batch")
-    valid = validate_records(records, spec).drop(columns=[LABEL])
+    # raw_customers' output goes through the default io manager (FilesystemIOManager:
+    # pickled to a file), and clean_features loads it back.
+    io = dg.FilesystemIOManager(base_dir=f"{home}-io").create_io_manager(dg.build_init_resource_context())
+    key = dg.AssetKey("raw_customers")
+    output = dg.build_output_context(asset_key=key)
+    io.handle_output(output, RawBatch(records, None, as_of, "bench"))
     del records
-    mark("validate")
-    history = CustomerHistory(home)
-    history.upsert(valid, spec.key_columns, state={"as_of": str(as_of)})
-    del valid
-    mark("upsert")
-    stored = load_training_history(history, spec, plan, as_of)
-    stored[LABEL] = churn_label(stored[spec.target_column], spec)
-    frames = split_by_time(stored, spec, plan, as_of)
-    del stored
-    mark("read_and_split")
+    mark("pickle_batch")
+    raw = io.load_input(dg.build_input_context(asset_key=key, upstream_output=output))
+    mark("unpickle_batch")
+    history, state = CustomerHistory(home), {"as_of": str(as_of)}
+    if int(chunk_rows) > 0:
+        store_batch(history, raw.records, spec, state, chunk_rows=int(chunk_rows))
+    else:
+        valid = validate_records(raw.records, spec).drop(columns=[LABEL])
+        history.upsert(valid, spec.key_columns, state=state)
+        del valid
+    raw.records = raw.records.iloc[:0]  # as clean_features does once the batch is stored
+    mark("validate_and_upsert")
+    if int(chunk_rows) > 0:  # what clean_features does now
+        frames = load_modeling_frames(history, spec, plan, as_of)
+    else:  # as before: read the window, then split it
+        stored = load_training_history(history, spec, plan, as_of)
+        stored[LABEL] = churn_label(stored[spec.target_column], spec)
+        frames = split_by_time(stored, spec, plan, as_of)
+        del stored
+    mark("read_split")
     window_rows = len(frames.train) + len(frames.validation)
     if train:
         import datetime as dt
@@ -209,7 +256,8 @@ def known_at(frame: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     return rows
 
 
-def weekly(work: Path, customers: int, sizes: list[int], legacy_sizes: list[int], rounds: int) -> list[dict]:
+def weekly(work: Path, customers: int, sizes: list[int], legacy_sizes: list[int], rounds: int,
+           baseline_rev: str = "HEAD") -> list[dict]:
     from churn_assets.sources.simulation import SimulatorSettings, simulate
     from churn_assets.storage.history import CustomerHistory
 
@@ -217,7 +265,7 @@ def weekly(work: Path, customers: int, sizes: list[int], legacy_sizes: list[int]
     full = simulate(SimulatorSettings(n_customers=customers), START + pd.Timedelta(weeks=max(sizes)))
     print(f"simulated {len(full):,} rows in {time.perf_counter() - t:.0f} s", flush=True)
     legacy_module = work / "history_head.py"
-    legacy_module.write_text(subprocess.run(["git", "show", "HEAD:churn_assets/storage/history.py"],
+    legacy_module.write_text(subprocess.run(["git", "show", f"{baseline_rev}:churn_assets/storage/history.py"],
                                             cwd=ROOT, capture_output=True, text=True, check=True).stdout)
     cases = []
     for weeks in sizes:
@@ -232,11 +280,13 @@ def weekly(work: Path, customers: int, sizes: list[int], legacy_sizes: list[int]
             CustomerHistory(seed).upsert(stored[(stored["snapshot_date"] >= lo)
                                                 & (stored["snapshot_date"] < hi)], KEYS)
         cases.append(("weekly", weeks, seed, batch_path, as_of))
-        if weeks in legacy_sizes:
+        if weeks in legacy_sizes and "weeks_dir" in legacy_module.read_text():
+            cases.append((f"baseline {baseline_rev}", weeks, seed, batch_path, as_of))
+        elif weeks in legacy_sizes:
             old = work / f"seed-legacy-{weeks}"
             old.mkdir()
             stored.sort_values(KEYS, kind="stable").to_parquet(old / "customers.parquet", index=False)
-            cases.append(("single-file", weeks, old, batch_path, as_of))
+            cases.append((f"baseline {baseline_rev}", weeks, old, batch_path, as_of))
         print(f"  history of {weeks} weeks: {len(stored):,} rows, batch {len(batch):,}", flush=True)
     del full
     results = []
@@ -246,14 +296,15 @@ def weekly(work: Path, customers: int, sizes: list[int], legacy_sizes: list[int]
             shutil.rmtree(home, ignore_errors=True)
             shutil.copytree(seed, home)
             result = child("weekly", str(home), str(batch_path), str(as_of.date()),
-                           str(legacy_module) if layout == "single-file" else "")
-            result.update(layout=layout, weeks=weeks, round=round_ + 1)
+                           str(legacy_module) if layout.startswith("baseline") else "")
+            result.update(layout=layout, weeks=weeks, round=round_ + 1, loadavg=os.getloadavg())
             results.append(result)
             print("  ", json.dumps(result), flush=True)
     return results
 
 
-def big(work: Path, windows: list[int], train_up_to: int, per_million: int) -> list[dict]:
+def big(work: Path, windows: list[int], train_up_to: int, per_million: int,
+        chunk_rows: list[int]) -> list[dict]:
     from churn_assets.sources.simulation import SimulatorSettings, simulate
 
     # 18 weeks of history: 12 training + 2 holdout weeks with final labels, the weeks
@@ -274,14 +325,17 @@ def big(work: Path, windows: list[int], train_up_to: int, per_million: int) -> l
         batch.to_parquet(path, index=False)
         rows = len(batch)
         del batch
-        home = work / f"big-home-{millions}"
-        result = child("big", str(path), str(home), str(as_of.date()),
-                       "train" if millions <= train_up_to else "")
-        result.update(window_millions=millions, batch_rows=rows)
-        results.append(result)
-        print("  ", json.dumps(result), flush=True)
+        for chunks in chunk_rows:  # side by side: chunked and one-shot
+            home = work / f"big-home-{millions}"
+            result = child("big", str(path), str(home), str(as_of.date()),
+                           "train" if millions <= train_up_to else "", str(chunks))
+            result.update(window_millions=millions, batch_rows=rows, chunk_rows=chunks,
+                          loadavg=os.getloadavg())
+            results.append(result)
+            print("  ", json.dumps(result), flush=True)
+            shutil.rmtree(home)
+            shutil.rmtree(f"{home}-io")
         path.unlink()
-        shutil.rmtree(home)
     return results
 
 
@@ -345,9 +399,14 @@ def main() -> None:
     parser.add_argument("--parts", default="weekly,big,threads,engines")
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--weeks", default="10,20,40,80")
-    parser.add_argument("--legacy-weeks", default="10,20")
+    parser.add_argument("--legacy-weeks", default="10,20",
+                        help="history sizes also run with history.py of --baseline-rev")
+    parser.add_argument("--baseline-rev", default="HEAD",
+                        help="git revision of the baseline history.py (da0afe3: single-file layout)")
     parser.add_argument("--windows", default="1,3,10", help="training-window sizes, millions of rows")
     parser.add_argument("--train-up-to", type=int, default=1, help="also train at windows up to N M rows")
+    parser.add_argument("--chunk-rows", default="1000000,0",
+                        help="validation chunk sizes to run side by side (0: the batch in one frame)")
     parser.add_argument("--thread-customers", type=int, default=10_000)
     parser.add_argument("--customers-per-million", type=int, default=84_000,
                         help="simulated customers whose 12-week window holds ~1 M rows")
@@ -366,14 +425,15 @@ def main() -> None:
         if "weekly" in parts:
             print("weekly", flush=True)
             out["weekly"] = weekly(work, args.customers, [int(w) for w in args.weeks.split(",")],
-                                   [int(w) for w in args.legacy_weeks.split(",") if w], args.rounds)
+                                   [int(w) for w in args.legacy_weeks.split(",") if w], args.rounds,
+                                   args.baseline_rev)
         if "threads" in parts:
             print("threads", flush=True)
             out["threads"] = threads(work, args.thread_customers, args.thread_rounds)
         if "big" in parts:
             print("big", flush=True)
             out["big"] = big(work, [int(w) for w in args.windows.split(",")], args.train_up_to,
-                             args.customers_per_million)
+                             args.customers_per_million, [int(c) for c in args.chunk_rows.split(",")])
     finally:
         out["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         out["loadavg_end"] = os.getloadavg()

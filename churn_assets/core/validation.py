@@ -8,6 +8,7 @@ together, each naming its column and check.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,11 @@ from pandera.errors import SchemaErrors
 from churn_assets.core.categories import as_text
 from churn_assets.core.features import to_float
 from churn_assets.core.spec import LABEL, FeatureSpec, churn_label
+
+
+# Rows per validation chunk (whole snapshot weeks; a larger week is one chunk): the
+# chunk, not the batch, bounds the memory of validation (BENCHMARKS.md, "History at scale").
+CHUNK_ROWS = 1_000_000
 
 
 class RecordValidationError(ValueError):
@@ -97,23 +103,40 @@ def coerce_records(records: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
             except (ValueError, TypeError):
                 pass
     ts = spec.timestamp_column
-    if ts in out.columns and not pd.api.types.is_datetime64_any_dtype(out[ts]):
-        try:
-            out[ts] = pd.to_datetime(out[ts], utc=False, format="mixed")
-        except (ValueError, TypeError):
-            pass
-    if ts in out.columns and isinstance(out[ts].dtype, pd.DatetimeTZDtype):
-        out[ts] = out[ts].dt.tz_convert("UTC").dt.tz_localize(None)
-    if ts in out.columns and pd.api.types.is_datetime64_any_dtype(out[ts]):
-        out[ts] = out[ts].astype("datetime64[ns]")
+    if ts in out.columns:
+        out[ts] = coerce_timestamps(out[ts])
     for column in [spec.target_column, spec.id_column, *spec.categorical_features]:
         if column in out.columns:
             out[column] = _as_text(out[column])
     return out
 
 
+def coerce_timestamps(values: pd.Series) -> pd.Series:
+    """Snapshot dates as naive UTC ``datetime64[ns]`` if every value parses; else unchanged
+    (pandera then names the column)."""
+    if not pd.api.types.is_datetime64_any_dtype(values):
+        try:
+            values = pd.to_datetime(values, utc=False, format="mixed")
+        except (ValueError, TypeError):
+            return values
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        values = values.dt.tz_convert("UTC").dt.tz_localize(None)
+    if pd.api.types.is_datetime64_any_dtype(values):
+        values = values.astype("datetime64[ns]")
+    return values
+
+
 def _as_text(series: pd.Series) -> pd.Series:
     """Values as Python str (NaN kept for missing), by the shared ``categories.as_text`` rule."""
+    if isinstance(series.dtype, pd.StringDtype):
+        # Equal strings have equal text, so convert each distinct value once and share
+        # the objects: a str object per row was most of the memory and time of validating
+        # a large batch. Not for object columns: there 1, 1.0 and True hash alike but
+        # read "1", "1" and "True".
+        codes, uniques = pd.factorize(series, use_na_sentinel=True)
+        texts = [np.nan if (t := as_text(u)) is None else t for u in uniques]
+        table = np.array([*texts, np.nan], dtype=object)  # code -1 (missing) picks NaN
+        return pd.Series(table[codes], index=series.index, name=series.name, dtype="object")
     return series.astype("object").map(lambda v: np.nan if (t := as_text(v)) is None else t).astype("object")
 
 
@@ -135,6 +158,80 @@ def validate_records(records: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     valid = valid.astype({c: "str" for c in text_columns})
     valid[LABEL] = churn_label(valid[spec.target_column], spec)
     return valid
+
+
+def validated_chunks(records: pd.DataFrame, spec: FeatureSpec,
+                     chunk_rows: int | None = None) -> Iterator[tuple[pd.DataFrame, bool]]:
+    """``validate_records`` of the batch, yielded in chunks of whole snapshot weeks
+    (oldest first, about ``chunk_rows`` rows each, default ``CHUNK_ROWS``) as
+    ``(validated chunk, is_last)``.
+
+    Validating a large batch in one frame holds every text value as a Python object at
+    once (13.7 GiB for 15.6 M rows, BENCHMARKS.md "History at scale"); a chunk bounds
+    that by its size. All or nothing, as before: every chunk is checked before the first
+    is yielded, so a caller that stores each chunk as it comes stores nothing from a
+    batch with a bad row; the chunks are then validated again one at a time, since
+    keeping them all would cost what chunking saves.
+
+    Chunks give exactly the one-shot result: a key (customer, date) lies in one week, so
+    the uniqueness check sees all its rows; the other checks judge rows one by one, or ask
+    whether a column has any value at all, which a chunk passing implies for the batch.
+    The week of a row is taken from its parsed date, parsed once for the whole batch as
+    the one-shot check would. When a chunk fails, or the dates do not parse, the whole
+    batch is validated in one frame instead, so the error (or, if the batch as a whole
+    passes, e.g. a column empty in one week only, the result) is the one-shot's exactly;
+    only failing batches pay its memory.
+    """
+    chunks, timestamps = _week_chunks(records, spec, CHUNK_ROWS if chunk_rows is None else chunk_rows)
+    if chunks is None:
+        yield validate_records(records, spec), True
+        return
+    first_dtypes = None
+    for positions in chunks:
+        try:
+            valid = validate_records(_chunk(records, timestamps, positions, spec), spec)
+        except RecordValidationError:
+            yield validate_records(records, spec), True  # raises the one-shot's error
+            return
+        if first_dtypes is None:
+            first_dtypes = valid.dtypes
+        elif not valid.dtypes.equals(first_dtypes):  # cannot happen for slices of one frame;
+            yield validate_records(records, spec), True  # if it does, trust the one-shot
+            return
+        del valid
+    for index, positions in enumerate(chunks):
+        valid = validate_records(_chunk(records, timestamps, positions, spec), spec)
+        yield valid, index == len(chunks) - 1
+
+
+def _week_chunks(records: pd.DataFrame, spec: FeatureSpec,
+                 chunk_rows: int) -> tuple[list[np.ndarray] | None, pd.Series | None]:
+    """Row positions (in batch order) of each chunk of whole weeks, and the parsed dates;
+    (None, None) for one chunk."""
+    ts = spec.timestamp_column
+    if len(records) <= chunk_rows or ts not in records.columns:
+        return None, None
+    timestamps = coerce_timestamps(records[ts])
+    if not pd.api.types.is_datetime64_any_dtype(timestamps) or timestamps.isna().any():
+        return None, None  # the one-shot check names the column
+    weeks = timestamps.dt.normalize() - pd.to_timedelta(timestamps.dt.day_of_week, unit="D")
+    groups = sorted(pd.Series(np.arange(len(records))).groupby(weeks.to_numpy()).indices.items())
+    chunks, current, size = [], [], 0
+    for _, positions in groups:
+        if current and size + len(positions) > chunk_rows:
+            chunks.append(np.sort(np.concatenate(current)))
+            current, size = [], 0
+        current.append(positions)
+        size += len(positions)
+    chunks.append(np.sort(np.concatenate(current)))
+    return (chunks, timestamps) if len(chunks) > 1 else (None, None)
+
+
+def _chunk(records: pd.DataFrame, timestamps: pd.Series, positions: np.ndarray,
+           spec: FeatureSpec) -> pd.DataFrame:
+    # The batch's parsed dates, so a chunk's dates are judged as the whole column's are.
+    part = records.iloc[positions]
+    return part.assign(**{spec.timestamp_column: timestamps.iloc[positions].to_numpy()})
 
 
 def describe_failures(cases: pd.DataFrame, spec: FeatureSpec) -> str:

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import Field
 
 from churn_assets.defs.decisions import DecisionLog, already_decided, coverage_of
@@ -12,10 +14,11 @@ from churn_assets.defs.resources import ChurnStorage, DeploymentGateRules, Train
 from churn_assets.sources.base import CustomerSource, SourceError, TransientSourceError
 from churn_assets.sources.redaction import redact
 from churn_assets.core.markdown import md_table
-from churn_assets.core.spec import LABEL, churn_label
-from churn_assets.core.training import NotEnoughHistory, split_by_time
-from churn_assets.defs.window import load_training_history
-from churn_assets.core.validation import RecordValidationError, validate_records
+from churn_assets.core.spec import LABEL, FeatureSpec
+from churn_assets.core.training import NotEnoughHistory
+from churn_assets.defs.window import load_modeling_frames
+from churn_assets.core.validation import RecordValidationError, validated_chunks
+from churn_assets.storage.history import CustomerHistory, UpsertSummary
 
 
 class RefreshConfig(dg.Config):
@@ -45,6 +48,27 @@ class RawBatch:
     watermark: str | None
     as_of: pd.Timestamp
     source: str
+
+    def __reduce__(self):
+        # Dagster's default io manager pickles step outputs with protocol 4, which copies
+        # every column into a bytes object and holds them all until the dump ends: the
+        # 15.6 M-row batch of a 10 M-row window (4.9 GiB) peaked at 8.0 GiB in
+        # raw_customers (BENCHMARKS.md, "History at scale"). As Parquet, the copy is the
+        # compressed size (0.28 GB against a 2.8 GB pickle on the simulator). Only frames
+        # Parquet gives back unchanged go this way: no object columns (they may mix 1 and
+        # "1"), string column names.
+        frame = self.records
+        fields = (self.watermark, self.as_of, self.source)
+        if frame.empty or any(d == object for d in frame.dtypes) or not all(
+                isinstance(c, str) for c in frame.columns):
+            return RawBatch, (frame, *fields)
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pandas(frame), sink)
+        return _raw_batch_from_parquet, (sink.getvalue().to_pybytes(), *fields)
+
+
+def _raw_batch_from_parquet(data: bytes, *fields) -> RawBatch:
+    return RawBatch(pq.read_table(pa.py_buffer(data)).to_pandas(), *fields)
 
 
 @dataclass
@@ -135,18 +159,40 @@ def raw_customers(context: dg.AssetExecutionContext, config: RefreshConfig,
     )
 
 
+def store_batch(history: CustomerHistory, records: pd.DataFrame, spec: FeatureSpec,
+                state: dict, chunk_rows: int | None = None) -> UpsertSummary:
+    """Validate ``records`` and upsert them, in chunks of whole snapshot weeks (about
+    ``chunk_rows`` rows, default ``validation.CHUNK_ROWS``); raises
+    ``RecordValidationError`` with nothing written if any row is bad.
+
+    Every chunk is validated before the first is stored (``validated_chunks``), and the
+    watermark goes with the last chunk, so a crash between chunks leaves it old and the
+    next run re-fetches the batch (the upsert is idempotent). Each upsert rewrites only
+    its chunk's weeks, so per-chunk upserts give the history a one-shot upsert would.
+    """
+    received = inserted = updated = unchanged = total = 0
+    for valid, last in validated_chunks(records, spec, chunk_rows):
+        part = history.upsert(valid.drop(columns=[LABEL]), spec.key_columns,
+                              state=state if last else None)
+        del valid
+        received += part.received
+        inserted += part.inserted
+        updated += part.updated
+        unchanged += part.unchanged
+        total = part.total_rows
+    return UpsertSummary(received, inserted, updated, unchanged, total)
+
+
 def _undecided_history(storage: ChurnStorage, training_plan: TrainingPlan,
                        gate_rules: DeploymentGateRules, as_of: pd.Timestamp) -> dict | None:
     """The coverage of the stored history at ``as_of`` if no deploy decision covers it yet."""
     spec = training_plan.feature_spec()
-    stored = load_training_history(storage.history(), spec, training_plan.window_plan(), as_of)
-    if stored is None or stored.empty:
-        return None
-    stored[LABEL] = churn_label(stored[spec.target_column], spec)
     try:
-        frames = split_by_time(stored, spec, training_plan.window_plan(), as_of)
+        frames = load_modeling_frames(storage.history(), spec, training_plan.window_plan(), as_of)
     except NotEnoughHistory:
         return None  # nothing a model could be trained on yet
+    if frames is None:
+        return None
     coverage = coverage_of(frames, spec)
     if already_decided(storage.root, coverage, spec, gate_rules.gate_rules()):
         return None
@@ -175,7 +221,9 @@ def clean_features(context: dg.AssetExecutionContext, raw_customers: RawBatch,
         summary = None  # an undecided history re-evaluated (raw_customers says why)
     else:
         try:
-            valid = validate_records(raw_customers.records, spec)
+            summary = store_batch(history, raw_customers.records, spec, state={
+                "watermark": raw_customers.watermark, "as_of": str(raw_customers.as_of),
+                "source": raw_customers.source})
         except RecordValidationError as exc:
             raise dg.Failure(
                 description=str(exc),
@@ -183,15 +231,14 @@ def clean_features(context: dg.AssetExecutionContext, raw_customers: RawBatch,
                     md_table(exc.failure_cases.head(50).to_dict("records")))},
                 allow_retries=False,
             ) from exc
-        summary = history.upsert(
-            valid.drop(columns=[LABEL]), spec.key_columns,
-            state={"watermark": raw_customers.watermark, "as_of": str(raw_customers.as_of),
-                   "source": raw_customers.source},
-        )
-    stored = load_training_history(history, spec, training_plan.window_plan(), raw_customers.as_of)
-    stored[LABEL] = churn_label(stored[spec.target_column], spec)
+        # The batch is in the history now. Dagster keeps a step's inputs until the step
+        # ends, so drop the frame here: a first refresh's batch is as large as the window
+        # read below, and would otherwise add to its peak.
+        raw_customers.records = raw_customers.records.iloc[:0]
     try:
-        frames = split_by_time(stored, spec, training_plan.window_plan(), raw_customers.as_of)
+        frames = load_modeling_frames(history, spec, training_plan.window_plan(), raw_customers.as_of)
+        if frames is None:
+            raise NotEnoughHistory("the history is empty")
     except NotEnoughHistory as exc:
         raise dg.Failure(description=f"not enough labelled history yet: {exc}", allow_retries=False) from exc
     coverage = coverage_of(frames, spec)
@@ -211,7 +258,7 @@ def clean_features(context: dg.AssetExecutionContext, raw_customers: RawBatch,
     counts = {"train": len(frames.train), "validation": len(frames.validation),
               "holdout": len(frames.holdout)}
     if summary is None:
-        summary = _NoUpsert(total_rows=len(stored))
+        summary = _NoUpsert(total_rows=history.total_rows())
     context.log.info(f"history {summary.total_rows} rows; {summary.inserted} new, "
                      f"{summary.updated} updated; held back {frames.held_back_rows} with open labels")
     yield dg.Output(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from churn_assets.core.spec import FeatureSpec
-from churn_assets.core.training import WindowPlan
+from churn_assets.core.spec import LABEL, FeatureSpec, churn_label
+from churn_assets.core.training import ModelingFrames, WindowPlan, split_by_time
 from churn_assets.storage.history import CustomerHistory
 
 MARGIN_WEEKS = 1
@@ -42,3 +42,64 @@ def load_training_history(history: CustomerHistory, spec: FeatureSpec, plan: Win
     holdout_start = final.max().normalize() - pd.Timedelta(weeks=plan.holdout_weeks) + pd.Timedelta(days=1)
     train_start = holdout_start - pd.Timedelta(weeks=plan.training_window_weeks)
     return frame if train_start >= since else history.load()
+
+
+def load_modeling_frames(history: CustomerHistory, spec: FeatureSpec, plan: WindowPlan,
+                         as_of: pd.Timestamp) -> ModelingFrames | None:
+    """``split_by_time`` of ``load_training_history`` with labels: the same frames, rows
+    and order, read a split at a time. None when nothing is stored; raises
+    ``NotEnoughHistory`` as ``split_by_time`` does.
+
+    Reading the window and then splitting it held the window, its labelled part and the
+    three splits at once: 10.25 GiB for a 15.6 M-row first refresh, and the peak of the
+    weekly refresh (BENCHMARKS.md, "History at scale"). Here the dates of the window are
+    read first (the split's boundaries and the held-back count need nothing else), then
+    each split from its own weeks: a split read alone and sorted by (customer, date) is
+    the split cut from the sorted window.
+    """
+    as_of = pd.Timestamp(as_of)
+    ts = spec.timestamp_column
+    since = window_start(spec, plan, as_of)
+    label_cutoff = as_of.normalize() - pd.Timedelta(days=spec.label_horizon_days)
+    dates = history.load(since=since, columns=[ts])
+    if dates is None:
+        return None
+    dates = pd.to_datetime(dates[ts])
+    final = dates[dates <= label_cutoff]
+    if not final.empty:
+        newest = final.max().normalize()
+        holdout_start = newest - pd.Timedelta(weeks=plan.holdout_weeks) + pd.Timedelta(days=1)
+        validation_start = holdout_start - pd.Timedelta(weeks=plan.validation_weeks)
+        train_start = holdout_start - pd.Timedelta(weeks=plan.training_window_weeks)
+    if final.empty or train_start < since:
+        # A gap in the history: the window reaches behind the read (load_training_history).
+        return _split_whole(history, spec, plan, as_of)
+    held_back = int((dates > label_cutoff).sum())
+    del dates, final
+
+    def split(lo: pd.Timestamp, before: pd.Timestamp | None) -> pd.DataFrame:
+        # ``load`` bounds are inclusive: read up to ``before`` and drop rows dated exactly
+        # then (they belong to the next split), copying only if there are any.
+        frame = history.load(since=lo, until=label_cutoff if before is None else before)
+        if before is not None and (pd.to_datetime(frame[ts]) >= before).any():
+            frame = frame[pd.to_datetime(frame[ts]) < before].reset_index(drop=True)
+        frame[LABEL] = churn_label(frame[spec.target_column], spec)
+        return frame
+
+    frames = ModelingFrames(
+        train=split(train_start, validation_start), validation=split(validation_start, holdout_start),
+        holdout=split(holdout_start, None), as_of=as_of, label_cutoff=label_cutoff,
+        held_back_rows=held_back)
+    for name in ("train", "validation", "holdout"):
+        frame = getattr(frames, name)
+        if frame.empty or frame[LABEL].nunique() < 2:
+            # split_by_time words this refusal; it is rare, so let it say it.
+            return _split_whole(history, spec, plan, as_of)
+    return frames
+
+
+def _split_whole(history: CustomerHistory, spec: FeatureSpec, plan: WindowPlan,
+                 as_of: pd.Timestamp) -> ModelingFrames:
+    stored = load_training_history(history, spec, plan, as_of)
+    stored[LABEL] = churn_label(stored[spec.target_column], spec)
+    return split_by_time(stored, spec, plan, as_of)

@@ -252,13 +252,26 @@ class CustomerHistory:
         table = dataset.to_table(columns=read, filter=_date_filter(schema, date_col, lo, hi))
         # Each file is sorted by the keys, but the weeks interleave customers: one sort
         # gives the order the single-file layout had, so models trained on it do not change.
-        table = table.sort_by([(k, "ascending") for k in keys])
-        frame = table.to_pandas()
+        # The same stable sort as ``sort_by``, taken a column at a time with each source
+        # column dropped once taken, then converted with ``self_destruct`` (each Arrow
+        # column freed once in pandas): ``sort_by`` + ``to_pandas`` held the window read,
+        # sorted and converted at once (BENCHMARKS.md, "History at scale").
+        from pyarrow import compute as pc
+        order = pc.sort_indices(table, sort_keys=[(k, "ascending") for k in keys])
+        read_schema, taken = table.schema, []
+        for name in read:
+            taken.append(table.column(name).take(order))
+            table = table.drop_columns([name])
+        del order
+        table = pa.Table.from_arrays(taken, schema=read_schema)
+        del taken
+        frame = table.to_pandas(split_blocks=True, self_destruct=True)
+        del table
         if not pa.types.is_timestamp(schema.field(date_col).type) and (lo is not None or hi is not None):
             dates = pd.to_datetime(frame[date_col])
             frame = frame[((dates >= lo) if lo is not None else True)
                           & ((dates <= hi) if hi is not None else True)].reset_index(drop=True)
-        return frame[wanted]
+        return frame if read == wanted else frame[wanted]
 
     def _migrate_legacy(self, key_columns: list[str]) -> None:
         """Split ``customers.parquet`` into week files, then remove it (caller holds the lock).

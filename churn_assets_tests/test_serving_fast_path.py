@@ -173,3 +173,21 @@ def test_batch_scoring_split_across_threads_equals_the_pipeline(trained):
         assert compiled.scorer.parts(len(records)) == 3, len(records)
         fast = compiled.predict_frame(records)
         assert np.abs(fast - predictor.predict_proba(records)).max() < TOLERANCE
+
+
+def test_forest_binning_equals_scikit_learns_bin_mapper(trained):
+    """The fast path bins with np.searchsorted; every value, including values exactly on a
+    threshold, just beside one, beyond the ends and NaN, lands in scikit-learn's bin."""
+    from churn_assets.serving.fast_path import CompiledChurnModel
+
+    [predictor] = [p for p in trained if p.family == "hist_gradient_boosting"]
+    forest = CompiledChurnModel(predictor).scorer
+    mapper = predictor.classifier._bin_mapper
+    rng = np.random.default_rng(3)
+    columns = []
+    for thresholds in mapper.bin_thresholds_:
+        edges = np.concatenate([thresholds, np.nextafter(thresholds, np.inf),
+                                np.nextafter(thresholds, -np.inf), [-1e300, 1e300, np.nan]])
+        columns.append(rng.permutation(np.resize(edges, 4000)))
+    X = np.column_stack(columns)
+    assert np.array_equal(forest._bin(X), mapper.transform(X))

@@ -28,7 +28,6 @@ model store then serves it through the slow pandas pipeline rather than guess.
 
 from __future__ import annotations
 
-import copy
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -137,8 +136,11 @@ class _Forest:
         self.depth = int(max(tree.nodes["depth"].max() for tree in trees))
         self.baseline = float(np.asarray(clf._baseline_prediction).ravel()[0])
         self.clf = clf
-        self.bin_mapper = copy.copy(clf._bin_mapper)
-        self.bin_mapper.n_threads = 1  # each chunk's thread bins its own rows
+        bin_mapper = clf._bin_mapper
+        if np.any(bin_mapper.is_categorical_):
+            raise Uncompilable("HistGradientBoostingClassifier with categorical features")
+        self.bin_thresholds = [np.asarray(t, dtype=np.float64) for t in bin_mapper.bin_thresholds_]
+        self.missing_bin = bin_mapper.missing_values_bin_idx_
         self.threads = max(1, min(4, os.cpu_count() or 1))
 
     def raw_one(self, x: list[float]) -> float:
@@ -175,6 +177,21 @@ class _Forest:
                 raw = np.concatenate(list(pool.map(self._raw_binned, chunks)))
         return raw
 
+    def _bin(self, X: np.ndarray) -> np.ndarray:
+        """scikit-learn's ``_bin_mapper.transform(X)``, column by column with ``np.searchsorted``: about a
+        quarter less CPU than scikit-learn's per-value binary search, same bins. Its
+        search puts ``x`` in the first bin ``i`` with ``x <= thresholds[i]``, which is
+        ``searchsorted(thresholds, x, side="left")``; NaN (never produced by the imputer,
+        kept for safety) goes to the missing-values bin as there."""
+        binned = np.empty(X.shape, dtype=np.uint8, order="F")
+        for j, thresholds in enumerate(self.bin_thresholds):
+            column = X[:, j]
+            binned[:, j] = np.searchsorted(thresholds, column, side="left")
+            missing = np.isnan(column)
+            if missing.any():
+                binned[missing, j] = self.missing_bin
+        return binned
+
     def _raw_binned(self, X: np.ndarray) -> np.ndarray:
         """scikit-learn's raw prediction, walked on the binned matrix (uint8 compares:
         about a third faster on 10,000 rows than walking the float matrix).
@@ -183,7 +200,7 @@ class _Forest:
         puts ``x`` in the first bin ``i`` with ``x <= thresholds[i]``, so ``bin(x) <= b``
         is the same test; the trees are summed in the same order as ``_raw_predict``.
         """
-        binned = self.bin_mapper.transform(X)
+        binned = self._bin(X)
         raw = np.zeros((len(X), 1), dtype=self.clf._baseline_prediction.dtype, order="F")
         raw += self.clf._baseline_prediction
         self.clf._predict_iterations(binned, self.clf._predictors, raw, is_binned=True, n_threads=1)

@@ -179,3 +179,15 @@ def test_a_raw_batch_comes_back_from_its_pickle_unchanged(batch, extra):
     pd.testing.assert_frame_equal(back.records, frame, check_exact=True)
     assert [type(v) for v in back.records.iloc[:4, -1]] == [type(v) for v in frame.iloc[:4, -1]]
     assert (back.watermark, back.as_of, back.source) == ("w", AS_OF, "simulator")
+
+
+def test_default_chunking_validates_small_batches_once_and_large_ones_by_weeks(monkeypatch):
+    """Up to ONE_FRAME_CHUNKS chunks' rows a batch is one frame (no second pass); above,
+    whole weeks of about CHUNK_ROWS rows."""
+    batch = simulate(SimulatorSettings(n_customers=300), "2026-05-11")
+    monkeypatch.setattr(validation, "CHUNK_ROWS", len(batch) // validation.ONE_FRAME_CHUNKS + 1)
+    assert [last for _, last in validated_chunks(batch, SPEC)] == [True]
+    monkeypatch.setattr(validation, "CHUNK_ROWS", len(batch) // (validation.ONE_FRAME_CHUNKS + 1))
+    chunks = list(validated_chunks(batch, SPEC))
+    assert len(chunks) > validation.ONE_FRAME_CHUNKS
+    assert sum(len(c) for c, _ in chunks) == len(batch)

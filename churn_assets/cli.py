@@ -156,9 +156,9 @@ def cmd_check_config(ns: argparse.Namespace) -> int:
 
 
 def _registry():
-    from churn_assets.storage.registry import ModelRegistry
+    from churn_assets.storage.object_registry import open_registry
 
-    return ModelRegistry(load_settings().home / "registry")
+    return open_registry(load_settings().home / "registry")
 
 
 def cmd_versions(ns: argparse.Namespace) -> int:

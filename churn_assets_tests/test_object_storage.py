@@ -29,7 +29,7 @@ from churn_assets.storage import location
 from churn_assets.storage.candidates import CandidateLog
 from churn_assets.storage.health_log import HealthLog
 from churn_assets.storage.history import CustomerHistory
-from churn_assets.storage.object_registry import ObjectModelRegistry
+from churn_assets.storage.object_registry import ObjectModelRegistry, open_registry
 from churn_assets.storage.registry import IntegrityError, ModelRegistry
 from churn_assets_tests.conftest import FIRST_WEEK, PERMISSIVE_RULES, simulator
 
@@ -131,8 +131,9 @@ def test_history_upserts_and_reads_windows_on_s3_like_a_local_history(s3, tmp_pa
 
 def test_registry_on_s3_registers_promotes_rolls_back_and_refuses_a_tampered_model(s3):
     _, bucket, client = s3
-    registry = ModelRegistry(f"s3://{bucket}/home/registry")
+    registry = open_registry(f"s3://{bucket}/home/registry")
     assert isinstance(registry, ObjectModelRegistry) and registry.production() is None
+    assert type(open_registry(Path.cwd() / "local-registry")) is ModelRegistry  # a path stays local
     v1 = registry.register({"weights": [1, 2, 3]}, {"family": "a"})
     v2 = registry.register({"weights": [4, 5, 6]}, {"family": "b"})
     assert (v1.version, v2.version) == ("v0001", "v0002")
@@ -145,7 +146,7 @@ def test_registry_on_s3_registers_promotes_rolls_back_and_refuses_a_tampered_mod
     events = client.get_object(Bucket=bucket, Key="home/registry/events.jsonl")["Body"].read().splitlines()
     assert [json.loads(e)["version"] for e in events] == ["v0002", "v0001"]
     # A reader in another process (a fresh registry object) sees the same thing.
-    assert ModelRegistry(f"s3://{bucket}/home/registry").production().version == "v0001"
+    assert open_registry(f"s3://{bucket}/home/registry").production().version == "v0001"
 
     # Replace v0002's artifact behind the registry's back: never unpickled, never promoted.
     client.put_object(Bucket=bucket, Key="home/registry/versions/v0002/model.joblib", Body=b"not a model")
@@ -173,7 +174,7 @@ def test_concurrent_registrations_on_s3_get_distinct_versions(s3):
 
     def register(i):
         try:
-            got.append(ModelRegistry(root).register({"i": i}, {"i": i}).version)
+            got.append(open_registry(root).register({"i": i}, {"i": i}).version)
         except Exception as exc:  # surfaced below
             errors.append(exc)
 
@@ -184,7 +185,7 @@ def test_concurrent_registrations_on_s3_get_distinct_versions(s3):
         t.join()
     assert not errors, errors
     assert sorted(got) == ["v0001", "v0002", "v0003", "v0004"]
-    registry = ModelRegistry(root)
+    registry = open_registry(root)
     assert sorted(registry.load(v)["i"] for v in registry.versions()) == [0, 1, 2, 3]
 
 
@@ -266,7 +267,7 @@ def test_the_graph_runs_with_its_home_on_s3_and_the_model_is_served_from_there(s
     store = ModelStore(f"s3://{bucket}/home/registry")
     store.refresh()
     assert store.current is not None and store.current.version == "v0001", store.problem
-    registry = ModelRegistry(f"s3://{bucket}/home/registry")
+    registry = open_registry(f"s3://{bucket}/home/registry")
     v2 = registry.register(registry.load(registry.get("v0001")), dict(registry.get("v0001").manifest))
     registry.promote(v2.version, reason="test")
     store.refresh()

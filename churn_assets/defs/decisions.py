@@ -36,7 +36,8 @@ from churn_assets.core.spec import FeatureSpec
 from churn_assets.core.training import ModelingFrames
 from churn_assets.storage.atomic import atomic_write_json
 from churn_assets.storage.location import location
-from churn_assets.storage.registry import ModelRegistry, RegistryError
+from churn_assets.storage.object_registry import open_registry
+from churn_assets.storage.registry import RegistryError
 
 KEEP_RUN_RECORDS = 50
 
@@ -138,7 +139,7 @@ def already_decided(home: str | Path, coverage: dict, spec: FeatureSpec, rules) 
                     f" {coverage['newest_final_snapshot']}) was refused by the gate in run"
                     f" {str(last.get('run_id'))[:8]}; it would be refused again")
     try:
-        production = ModelRegistry(location(home) / "registry").production()
+        production = open_registry(location(home) / "registry").production()
     except (RegistryError, OSError, ValueError, KeyError):
         return None  # an unreadable registry: retrain, and let the evaluation name the problem
     if production is None:

@@ -18,6 +18,7 @@ from churn_assets.settings import SourceSettings
 from churn_assets.storage import location
 from churn_assets.storage.atomic import atomic_write_bytes, private_mkdir
 from churn_assets.storage.history import CustomerHistory
+from churn_assets.storage.object_registry import open_registry
 from churn_assets.storage.registry import ModelRegistry
 from churn_assets.defs.threads import thread_budget
 from churn_assets.sources.base import CustomerSource
@@ -55,7 +56,7 @@ class ChurnStorage(dg.ConfigurableResource):
         return CustomerHistory(self.root / "history")
 
     def registry(self) -> ModelRegistry:
-        return ModelRegistry(self.root / "registry")
+        return open_registry(self.root / "registry")
 
     def land(self, records: pd.DataFrame, run_id: str, keep: int = 20) -> Path:
         """Keep the raw batch as received (for forensics), pruning all but the newest ``keep``."""

@@ -40,6 +40,7 @@ import pandas as pd
 
 from churn_assets.core.artifact import ChurnPredictor
 from churn_assets.storage import location
+from churn_assets.storage.object_registry import open_registry
 from churn_assets.storage.registry import ModelRegistry, RegistryError, file_sha256
 from churn_assets.serving.fast_path import CompiledChurnModel, EncodedRecords, Uncompilable
 from churn_assets.serving.schema import RecordSchema
@@ -125,7 +126,7 @@ class ModelStore:
 
     def __init__(self, registry_root: str | os.PathLike, max_batch: int = 10_000,
                  poll_seconds: float = 0.5) -> None:
-        self.registry = ModelRegistry(registry_root)
+        self.registry = open_registry(registry_root)
         self.max_batch = max_batch
         self.poll_seconds = poll_seconds
         self.current: ServingModel | None = None

@@ -1,1 +1,1 @@
-"""Durable state on disk: the customer history and the model registry."""
+"""Durable state on disk or object storage: the customer history and the model registry."""

@@ -44,6 +44,16 @@ from churn_assets.storage.registry import (
 CLAIM_FILE = ".claim"
 
 
+def open_registry(root: str | os.PathLike) -> ModelRegistry:
+    """The registry at ``root``: on object storage for an ``s3://`` URL, else local.
+
+    Callers (CLI, server, assets) open either kind through this one function, so the
+    local registry needs no knowledge of the object-storage one."""
+    if location.scheme_of(root) is not None:
+        return ObjectModelRegistry(root)
+    return ModelRegistry(root)
+
+
 class ObjectModelRegistry(ModelRegistry):
     """``ModelRegistry`` whose root is an object-storage URL; see the module docstring."""
 

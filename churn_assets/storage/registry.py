@@ -18,7 +18,7 @@ is repaired by promoting or rolling back to a named version, which never needs t
 the old pointer. Nothing is read or written through a symlink that leaves the registry,
 and everything is private to the owner (0700/0600).
 
-``ModelRegistry("s3://bucket/prefix/registry")`` opens the same layout on object storage
+``open_registry("s3://bucket/prefix/registry")`` opens the same layout on object storage
 (storage/object_registry.py); the reading code here is shared through small hooks.
 """
 
@@ -169,15 +169,6 @@ def _parse_json_object(path, raw: bytes, limit: int, hint: str = "") -> dict:
 
 
 class ModelRegistry:
-    def __new__(cls, root=None, *args, **kwargs):
-        # An s3:// root opens the object-storage registry behind the same name, so every
-        # caller (CLI, server, assets) opens either kind with ModelRegistry(root).
-        if cls is ModelRegistry and location.scheme_of(root) is not None:
-            from churn_assets.storage.object_registry import ObjectModelRegistry
-
-            return super().__new__(ObjectModelRegistry)
-        return super().__new__(cls)
-
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         self.versions_dir = self.root / "versions"

@@ -255,6 +255,10 @@ class DagsterSettings(_Strict):
     postgres_url_env: str = ""
     celery_broker_env: str = "CHURN_ASSETS_CELERY_BROKER"
     celery_backend_env: str = ""
+    # The Celery queue this deployment's steps are sent to; its workers listen on it
+    # (`dagster-celery worker start -q <queue>`). Two deployments (or test runs) sharing a
+    # broker need two queues, or each one's workers take the other's steps.
+    celery_queue: str = Field("dagster", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
     # Where this machine keeps the Dagster instance, run logs and the refresh lock when
     # `home` is on object storage (they are per-machine state, not shared data); default
     # ~/.churn_assets/<bucket>_<prefix>. A local `home` keeps them inside it, as before.

@@ -75,38 +75,26 @@ def stop_group(process: subprocess.Popen) -> None:
 
 def test_celery_worker_runs_the_steps_on_a_postgres_instance_and_the_model_is_served(
         tmp_path, postgres_database):
+    queue = f"churn-test-{uuid.uuid4().hex[:12]}"
     home = tmp_path / "home"
     config = tmp_path / "churn.toml"
     config.write_text('[source]\nkind = "simulator"\nn_customers = 600\n\n'
                       '[dagster]\nexecutor = "celery"\ncelery_broker_env = "CHURN_TEST_BROKER"\n'
-                      'postgres_url_env = "CHURN_TEST_INSTANCE_URL"\n')
+                      f'postgres_url_env = "CHURN_TEST_INSTANCE_URL"\ncelery_queue = "{queue}"\n')
     settings = load_settings({"CHURN_ASSETS_CONFIG": str(config), "CHURN_ASSETS_HOME": str(home)})
     # What churn-assets does before any run (the worker needs the instance config first).
     dagster_home = prepare_dagster_home(settings.home, settings.dagster.postgres_url_env)
     assert "env: CHURN_TEST_INSTANCE_URL" in (dagster_home / "dagster.yaml").read_text()
-    # The worker's own Celery app: the broker goes under execution: config: (dagster-celery).
-    worker_yaml = tmp_path / "celery.yaml"
-    worker_yaml.write_text(f"execution:\n  config:\n    broker: {REDIS}\n    backend: {REDIS}\n")
+    # The worker's own Celery app (the broker goes under execution: config:) is written
+    # by start_worker; the worker listens on this test's queue only.
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "CHURN_ASSETS_HOME": str(home),
            "CHURN_ASSETS_CONFIG": str(config), "CHURN_TEST_INSTANCE_URL": postgres_database,
            "CHURN_TEST_BROKER": REDIS, "OMP_NUM_THREADS": "1",
            # dagster-celery starts the `celery` program of this environment.
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    subprocess.run([sys.executable, "-c", f"import redis; redis.Redis.from_url('{REDIS}').flushdb()"],
-                   check=True, timeout=30)
-    worker_log = open(tmp_path / "worker.log", "wb")
-    worker = subprocess.Popen(
-        [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y", str(worker_yaml),
-         "--name", "churn-test-worker", "--", "--concurrency", "1"],
-        cwd=tmp_path, env=env, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True)
+    worker = start_worker(tmp_path, env, queue)
     server = None
     try:
-        # The launcher waits for workers forever; make sure one is up before launching.
-        deadline = time.monotonic() + 90
-        while b"ready." not in (tmp_path / "worker.log").read_bytes():
-            assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()[-3000:]
-            time.sleep(0.5)
         launcher = subprocess.run(
             [str(BIN / "churn-assets"), "materialize", "--as-of", "2026-05-04",
              "--families", "logistic_regression"],
@@ -136,6 +124,9 @@ def test_celery_worker_runs_the_steps_on_a_postgres_instance_and_the_model_is_se
                      and "in celery worker" in (e.dagster_event.message or "")}
         assert started <= in_worker, started - in_worker
         assert "churn-test-worker" in (tmp_path / "worker.log").read_text()
+        sent = [e.dagster_event.message for e in events if e.dagster_event
+                and "Submitting celery task" in (e.dagster_event.message or "")]
+        assert sent and all(f'to queue "{queue}"' in m for m in sent), sent  # [dagster] celery_queue
 
         server = ServerProcess(home / "registry", tmp_path / "server.log", workers=1)
         server.wait_healthy()
@@ -148,20 +139,19 @@ def test_celery_worker_runs_the_steps_on_a_postgres_instance_and_the_model_is_se
         if server is not None:
             server.stop()
         stop_group(worker)
-        worker_log.close()
 
 
-def start_worker(tmp_path: Path, env: dict) -> subprocess.Popen:
-    """A dagster-celery worker on REDIS, ready to take tasks (the launcher waits forever)."""
+def start_worker(tmp_path: Path, env: dict, queue: str) -> subprocess.Popen:
+    """A dagster-celery worker on REDIS listening on ``queue``, ready to take tasks (the
+    launcher waits forever). Each test has its own queue: a worker of another run on the
+    same broker (a concurrent CI, a stray worker) never takes its steps."""
     worker_yaml = tmp_path / "celery.yaml"
     worker_yaml.write_text(f"execution:\n  config:\n    broker: {REDIS}\n    backend: {REDIS}\n")
-    subprocess.run([sys.executable, "-c", f"import redis; redis.Redis.from_url('{REDIS}').flushdb()"],
-                   check=True, timeout=30)
     log = tmp_path / "worker.log"
     with open(log, "wb") as out:
         worker = subprocess.Popen(
             [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y", str(worker_yaml),
-             "--name", "churn-test-worker", "--", "--concurrency", "1"],
+             "-q", queue, "--name", "churn-test-worker", "--", "--concurrency", "1"],
             cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 90
     while b"ready." not in log.read_bytes():
@@ -190,11 +180,12 @@ with dg.DagsterInstance.get() as instance:
 def test_celery_worker_runs_the_graph_with_its_home_on_object_storage_and_the_model_is_served(
         tmp_path, postgres_database, s3):
     endpoint, bucket, client = s3
+    queue = f"churn-test-{uuid.uuid4().hex[:12]}"
     home = f"s3://{bucket}/churn"
     config = tmp_path / "churn.toml"
     config.write_text('[source]\nkind = "simulator"\nn_customers = 600\n\n'
                       '[dagster]\nexecutor = "celery"\ncelery_broker_env = "CHURN_TEST_BROKER"\n'
-                      'postgres_url_env = "CHURN_TEST_INSTANCE_URL"\n')
+                      f'postgres_url_env = "CHURN_TEST_INSTANCE_URL"\ncelery_queue = "{queue}"\n')
     assert str(load_settings({"CHURN_ASSETS_CONFIG": str(config), "CHURN_ASSETS_HOME": home}).home) == home
     # The instance stays local to the launcher (Dagster reads DAGSTER_HOME from a folder),
     # its runs and events in PostgreSQL; the data directory is the bucket.
@@ -204,7 +195,7 @@ def test_celery_worker_runs_the_graph_with_its_home_on_object_storage_and_the_mo
            "CHURN_TEST_BROKER": REDIS, "OMP_NUM_THREADS": "1",
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     assert env["AWS_ENDPOINT_URL"] == endpoint  # the worker and the server reach moto the standard way
-    worker = start_worker(tmp_path, env)
+    worker = start_worker(tmp_path, env, queue)
     server = None
     try:
         launcher = subprocess.run([sys.executable, "-c", LAUNCH], env=env, cwd=Path.cwd(),

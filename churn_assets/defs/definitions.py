@@ -62,7 +62,8 @@ def build_executor(settings: Settings) -> dg.ExecutorDefinition:
         # they never sit in the run's stored config.
         backend_env = chosen.celery_backend_env or chosen.celery_broker_env
         return celery_executor.configured(
-            {"broker": {"env": chosen.celery_broker_env}, "backend": {"env": backend_env}},
+            {"broker": {"env": chosen.celery_broker_env}, "backend": {"env": backend_env},
+             "config_source": {"task_default_queue": chosen.celery_queue}},
             name="celery")
     return dg.in_process_executor
 

@@ -93,7 +93,6 @@ def test_celery_worker_runs_the_steps_on_a_postgres_instance_and_the_model_is_se
            # dagster-celery starts the `celery` program of this environment.
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     worker = start_worker(tmp_path, env, queue)
-    server = None
     try:
         launcher = subprocess.run(
             [str(BIN / "churn-assets"), "materialize", "--as-of", "2026-05-04",
@@ -128,17 +127,24 @@ def test_celery_worker_runs_the_steps_on_a_postgres_instance_and_the_model_is_se
                 and "Submitting celery task" in (e.dagster_event.message or "")]
         assert sent and all(f'to queue "{queue}"' in m for m in sent), sent  # [dagster] celery_queue
 
-        server = ServerProcess(home / "registry", tmp_path / "server.log", workers=1)
+        status, body = ready_of_a_server_on(home / "registry", tmp_path / "server.log")
+        assert status == 200 and body["model_version"] == "v0001", body
+    finally:
+        stop_group(worker)
+
+
+def ready_of_a_server_on(registry, log: Path) -> tuple[int, dict]:
+    """``/ready`` of a real prediction server on ``registry`` once it has loaded a model
+    (or after 30 s); the server is stopped before returning."""
+    server = ServerProcess(registry, log, workers=1)
+    try:
         server.wait_healthy()
         deadline = time.monotonic() + 30
         while http_json(server.port, "GET", "/ready")[0] != 200 and time.monotonic() < deadline:
             time.sleep(0.2)
-        status, body = http_json(server.port, "GET", "/ready")
-        assert status == 200 and body["model_version"] == "v0001", body
+        return http_json(server.port, "GET", "/ready")
     finally:
-        if server is not None:
-            server.stop()
-        stop_group(worker)
+        server.stop()
 
 
 def start_worker(tmp_path: Path, env: dict, queue: str) -> subprocess.Popen:
@@ -196,7 +202,6 @@ def test_celery_worker_runs_the_graph_with_its_home_on_object_storage_and_the_mo
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     assert env["AWS_ENDPOINT_URL"] == endpoint  # the worker and the server reach moto the standard way
     worker = start_worker(tmp_path, env, queue)
-    server = None
     try:
         launcher = subprocess.run([sys.executable, "-c", LAUNCH], env=env, cwd=Path.cwd(),
                                   capture_output=True, text=True, timeout=300)
@@ -231,14 +236,7 @@ def test_celery_worker_runs_the_graph_with_its_home_on_object_storage_and_the_mo
         assert not any(Path.cwd().iterdir())
 
         # Served straight from the bucket: the server polls the pointer object.
-        server = ServerProcess(f"{home}/registry", tmp_path / "server.log", workers=1)
-        server.wait_healthy()
-        deadline = time.monotonic() + 30
-        while http_json(server.port, "GET", "/ready")[0] != 200 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        status, body = http_json(server.port, "GET", "/ready")
+        status, body = ready_of_a_server_on(f"{home}/registry", tmp_path / "server.log")
         assert status == 200 and body["model_version"] == "v0001", body
     finally:
-        if server is not None:
-            server.stop()
         stop_group(worker)

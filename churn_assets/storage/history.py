@@ -105,14 +105,12 @@ class CustomerHistory:
 
     def weeks(self) -> list[pd.Timestamp]:
         """The Mondays of the stored weeks, oldest first."""
-        if self.remote:
-            names = [p.name for p in self.weeks_dir.iterdir()] if self.weeks_dir.is_dir() else []
-            return sorted(pd.Timestamp(n[:-len(".parquet")]) for n in names
-                          if n[:1].isdigit() and n.endswith(".parquet"))
         if not self.weeks_dir.is_dir():
             return []
-        # Temporary files of an interrupted write start with "." and end in ".tmp".
-        return sorted(pd.Timestamp(p.stem) for p in self.weeks_dir.glob("[0-9]*.parquet"))
+        # Temporary files of an interrupted (local) write start with "." and end in ".tmp".
+        names = [p.name for p in self.weeks_dir.iterdir()]
+        return sorted(pd.Timestamp(n[:-len(".parquet")]) for n in names
+                      if n[:1].isdigit() and n.endswith(".parquet"))
 
     def load(self, since=None, until=None, columns: list[str] | None = None) -> pd.DataFrame | None:
         """Stored snapshots dated ``since <= date <= until`` (either bound optional), sorted

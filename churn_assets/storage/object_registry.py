@@ -39,6 +39,7 @@ from churn_assets.storage.registry import (
     ModelVersion,
     _now,
     _parse_json_object,
+    promotion_records,
 )
 
 CLAIM_FILE = ".claim"
@@ -122,9 +123,7 @@ class ObjectModelRegistry(ModelRegistry):
         if payload is None or hashlib.sha256(payload).hexdigest() != target.sha256:
             raise IntegrityError(f"{version}: model.joblib is missing or altered; not promoting it")
         previous, note = self._previous_version()
-        pointer = {"version": version, "sha256": target.sha256, "promoted_at": _now(),
-                   "previous": previous, "reason": reason, "run_id": run_id}
+        pointer, event = promotion_records(target, previous, note, reason, run_id)
         location.put_bytes(self.pointer_path, json.dumps(pointer, indent=2, sort_keys=True).encode())
-        location.append_bytes(self.events_path,
-                              (json.dumps({"event": "promote", **pointer, **note}) + "\n").encode())
+        location.append_bytes(self.events_path, (json.dumps(event) + "\n").encode())
         return pointer

@@ -132,6 +132,15 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def promotion_records(target: ModelVersion, previous: str | None, note: dict, reason: str,
+                      run_id: str | None) -> tuple[dict, dict]:
+    """The production pointer naming ``target`` and its events.jsonl record; one shape for
+    the local and the object-storage registry."""
+    pointer = {"version": target.version, "sha256": target.sha256, "promoted_at": _now(),
+               "previous": previous, "reason": reason, "run_id": run_id}
+    return pointer, {"event": "promote", **pointer, **note}
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -382,10 +391,9 @@ class ModelRegistry:
             # Opened before the pointer moves, so a refused events.jsonl changes nothing.
             events = self._open_private(self.events_path, os.O_RDWR | os.O_APPEND)
             try:
-                pointer = {"version": version, "sha256": target.sha256, "promoted_at": _now(),
-                           "previous": previous, "reason": reason, "run_id": run_id}
+                pointer, event = promotion_records(target, previous, note, reason, run_id)
                 atomic_write_json(self.pointer_path, pointer)
-                append_line(events, json.dumps({"event": "promote", **pointer, **note}))
+                append_line(events, json.dumps(event))
             finally:
                 os.close(events)
         return pointer

@@ -181,13 +181,13 @@ def run_big(batch: str, home: str, as_of: str, train: str, chunk_rows: str) -> d
     if train:
         import datetime as dt
         from churn_assets.core.code_version import code_version
-        from churn_assets.core.features import build_preprocessor
+        from churn_assets.core.encoding import fit_preprocessor
         from churn_assets.core.metrics import churn_metrics
         from churn_assets.core.training import MODEL_FAMILIES, train_challenger
         from churn_assets.defs.threads import thread_budget
 
         with thread_budget():
-            preprocessor = build_preprocessor(spec).fit(frames.training_window)
+            preprocessor = fit_preprocessor(spec, [frames.train, frames.validation])  # as fitted_scaler
             mark("fit_preprocessor")
             model, _ = train_challenger(frames, spec, preprocessor, list(MODEL_FAMILIES), 42,
                                         code_version(), dt.datetime.now(dt.timezone.utc).isoformat())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.frozen import FrozenEstimator
@@ -13,6 +14,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 
 from churn_assets.core.artifact import CALIBRATION_METHODS, ChurnPredictor, ScoreCalibrator
+from churn_assets.core.encoding import encode_rows
 from churn_assets.core.metrics import best_f1_threshold, churn_metrics
 from churn_assets.core.spec import LABEL, FeatureSpec
 
@@ -53,7 +55,12 @@ class ModelingFrames:
 
     @property
     def training_window(self) -> pd.DataFrame:
+        """train and validation in one frame (a copy of both)."""
         return pd.concat([self.train, self.validation], ignore_index=True)
+
+    @property
+    def training_rows(self) -> int:
+        return len(self.train) + len(self.validation)
 
     def window(self, spec: FeatureSpec) -> dict:
         ts = spec.timestamp_column
@@ -149,15 +156,24 @@ def purged_train(frames: ModelingFrames, spec: FeatureSpec) -> pd.DataFrame:
     training window barely longer than validation + horizon), the train weeks are kept
     whole, leak included, rather than refusing to train.
     """
+    keep = purge_mask(frames, spec)
+    return frames.train if keep is None else frames.train[keep]
+
+
+def purge_mask(frames: ModelingFrames, spec: FeatureSpec) -> np.ndarray | None:
+    """Which train rows ``purged_train`` keeps, as a boolean array over ``frames.train``;
+    None when it keeps them all."""
     train = frames.train
     if spec.label_horizon_days <= 0 or frames.validation.empty:
-        return train
+        return None
     ts = spec.timestamp_column
     start = frames.validation[ts].min().normalize()
     shares_event = ((train[ts] > start - pd.Timedelta(days=spec.label_horizon_days))
-                    & train[spec.id_column].isin(frames.validation[spec.id_column]))
-    kept = train[~shares_event]
-    return kept if kept[LABEL].nunique() == 2 else train
+                    & train[spec.id_column].isin(frames.validation[spec.id_column])).to_numpy()
+    if not shares_event.any():
+        return None
+    keep = ~shares_event
+    return keep if np.unique(train[LABEL].to_numpy()[keep]).size == 2 else None
 
 
 def train_challenger(frames: ModelingFrames, spec: FeatureSpec, preprocessor: Pipeline,
@@ -190,28 +206,34 @@ def train_challenger(frames: ModelingFrames, spec: FeatureSpec, preprocessor: Pi
     """
     if calibration is not None and calibration not in CALIBRATION_METHODS:
         raise ValueError(f"unknown calibration {calibration!r}; choose from {[*CALIBRATION_METHODS, None]}")
-    frozen = FrozenEstimator(preprocessor)
-    fit_rows = purged_train(frames, spec)
-    y_fit = fit_rows[LABEL].to_numpy()
+    # The classifiers are fitted on feature matrices encoded chunk by chunk
+    # (``encoding.encode_rows``: the values Pipeline.fit would compute, without its
+    # intermediates), one matrix alive at a time; BENCHMARKS.md, "Big windows".
+    keep = purge_mask(frames, spec)
+    y_fit = frames.train[LABEL].to_numpy() if keep is None else frames.train[LABEL].to_numpy()[keep]
     y_val = frames.validation[LABEL].to_numpy()
+    x_fit = encode_rows(preprocessor, [frames.train], [keep])
+    x_val = encode_rows(preprocessor, [frames.validation])
     candidates = {}
     for family in families:
-        pipe = Pipeline([("preprocess", frozen), ("classifier", make_classifier(family, seed))])
-        pipe.fit(fit_rows, y_fit)
+        classifier = make_classifier(family, seed).fit(x_fit, y_fit)
         calibrator = None
         if calibration is None:
-            proba = pipe.predict_proba(frames.validation)[:, 1]
+            proba = classifier.predict_proba(x_val)[:, 1]
         else:
-            decision = pipe.decision_function(frames.validation)
+            decision = classifier.decision_function(x_val)
             calibrator = ScoreCalibrator.fit(calibration, decision, y_val)
             proba = calibrator(decision)
         candidates[family] = (roc_auc_score(y_val, proba), proba, calibrator)
+    del x_fit, x_val
     best = max(candidates, key=lambda f: candidates[f][0])
     thresholds = {f: best_f1_threshold(y_val, p) for f, (_, p, _) in candidates.items()}
     scores = {f: churn_metrics(y_val, p, thresholds[f]) for f, (_, p, _) in candidates.items()}
-    window = frames.training_window
-    final = Pipeline([("preprocess", frozen), ("classifier", make_classifier(best, seed))])
-    final.fit(window, window[LABEL].to_numpy())
+    x_window = encode_rows(preprocessor, [frames.train, frames.validation])
+    y_window = np.concatenate([frames.train[LABEL].to_numpy(), y_val])
+    refit = make_classifier(best, seed).fit(x_window, y_window)
+    del x_window
+    final = Pipeline([("preprocess", FrozenEstimator(preprocessor)), ("classifier", refit)])
     predictor = ChurnPredictor(
         spec=spec, pipeline=final, threshold=thresholds[best], family=best,
         fingerprint=training_fingerprint(frames, spec, families, seed, code_version, calibration),

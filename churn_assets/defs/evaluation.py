@@ -96,7 +96,7 @@ def evaluation_report(context: dg.AssetExecutionContext, clean_features: Modelin
         "comparison": dg.MetadataValue.md(md_table(reporting.comparison_rows(challenger, champion, comparisons))),
         "champion_version": str(report.champion_version),
         "holdout_rows": report.holdout_rows,
-        "training_rows": len(clean_features.training_window),
+        "training_rows": clean_features.training_rows,
         "data_window": dg.MetadataValue.json(report.data_window),
         "model_family": churn_model.family,
         "champion_family": champion_model.family if champion_model else "none (bootstrap)",

@@ -5,7 +5,7 @@ import datetime as dt
 import dagster as dg
 from sklearn.pipeline import Pipeline
 
-from churn_assets.core.features import build_preprocessor
+from churn_assets.core.encoding import fit_preprocessor
 from churn_assets.core.markdown import md_table
 from churn_assets.defs.resources import TrainingPlan
 from churn_assets.core.training import MODEL_FAMILIES, ModelingFrames, train_challenger
@@ -25,14 +25,15 @@ def fitted_scaler(context: dg.AssetExecutionContext, clean_features: ModelingFra
     """Imputation, one-hot encoding and scaling, fitted on the training window only
     (never the holdout) and persisted with joblib."""
     spec = training_plan.feature_spec()
-    window = clean_features.training_window
-    preprocessor = build_preprocessor(spec).fit(window)
+    # Fitted a chunk at a time (core.encoding): a 10 M-row window's full transform would
+    # not fit the memory budget; the fitted result is the same.
+    preprocessor = fit_preprocessor(spec, [clean_features.train, clean_features.validation])
     names = list(preprocessor.get_feature_names_out())
     one_hot = preprocessor.named_steps["columns"].named_transformers_["categorical"].named_steps["one_hot"]
     categories = {col: [str(c) for c in cats] for col, cats in zip(spec.categorical_features, one_hot.categories_)}
     return dg.MaterializeResult(
         value=preprocessor,
-        metadata={"fitted_rows": len(window), "encoded_features": len(names),
+        metadata={"fitted_rows": clean_features.training_rows, "encoded_features": len(names),
                   "categories": dg.MetadataValue.json(categories)},
     )
 
@@ -63,7 +64,7 @@ def churn_model(context: dg.AssetExecutionContext, config: ModelConfig,
             "threshold": predictor.threshold,
             "validation_roc_auc": predictor.validation_metrics["roc_auc"],
             "candidates": dg.MetadataValue.md(md_table(rows)),
-            "training_rows": len(clean_features.training_window),
+            "training_rows": clean_features.training_rows,
             "fingerprint": predictor.fingerprint,
             "code_version": predictor.code_version,
         },

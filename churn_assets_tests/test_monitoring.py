@@ -20,6 +20,7 @@ from churn_assets.defs.definitions import build_resources
 from churn_assets.defs.monitoring import TRIGGER_TAG, model_health_sensor
 from churn_assets.defs.schedules import churn_refresh
 from churn_assets.health.estimate_study import SERVED, replay
+from churn_assets.health.production import sample_parts, sample_rows
 from churn_assets.settings import Settings
 from churn_assets.sources.simulation import SimulatorSettings, simulate
 from churn_assets.sources.simulator import SimulatorSource
@@ -226,3 +227,15 @@ def test_monitoring_settings_are_checked_when_loaded(tmp_path):
     assert (settings.monitoring.psi_act, settings.monitoring.max_auc_decay) == (0.4, 0.05)
     sensor = model_health_sensor(settings)
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+
+
+@pytest.mark.parametrize("cap, seed", [(100, 0), (3000, 1), (3833, 2), (5000, 0), (0, 0)])
+def test_sampling_the_parts_draws_the_rows_sampling_their_concatenation_draws(cap, seed):
+    """The drift reference is sampled from train + validation (+ holdout) without
+    concatenating them; the sample must stay the one the concatenation gave."""
+    rng = np.random.default_rng(3)
+    parts = [pd.DataFrame({"spend": rng.normal(size=n), "plan": rng.choice(["basic", "pro"], n)})
+             for n in (1000, 0, 333, 2500)]
+    expected = sample_rows(pd.concat(parts, ignore_index=True), cap, seed)
+    sampled = sample_parts(parts, cap, seed)
+    assert len(sampled) == min(cap or 3833, 3833) and sampled.equals(expected)

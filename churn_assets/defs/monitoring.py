@@ -34,7 +34,7 @@ from churn_assets.defs.resources import ChurnStorage, TrainingPlan
 from churn_assets.defs.schedules import as_of_run_config, churn_refresh, refresh_in_progress
 from churn_assets.health.drift import DriftThresholds
 from churn_assets.health.plots import drift_bars, png_markdown, realized_performance_trend
-from churn_assets.health.production import (drift_report, estimated_week, realized_week, sample_rows,
+from churn_assets.health.production import (drift_report, estimated_week, realized_week, sample_parts, sample_rows,
                                             week_start)
 from churn_assets.settings import MonitoringSettings, Settings
 from churn_assets.storage.health_log import HealthLog
@@ -103,8 +103,10 @@ def _no_rows(spec: FeatureSpec) -> pd.DataFrame:
                          for c in dict.fromkeys(columns)})
 
 
-def _reference(frames: ModelingFrames, storage: ChurnStorage, spec: FeatureSpec, span) -> pd.DataFrame:
-    """Rows of the production model's training window (``span`` = first, last date).
+def _reference(frames: ModelingFrames, storage: ChurnStorage, spec: FeatureSpec, span,
+               cap: int) -> pd.DataFrame:
+    """At most ``cap`` rows (``sample_rows``) of the production model's training window
+    (``span`` = first, last date).
 
     Taken from ``clean_features``' frames when they hold most of those weeks (a weekly
     retrain shifts the window by one week, so 13 of 14 are there, already in memory);
@@ -114,11 +116,11 @@ def _reference(frames: ModelingFrames, storage: ChurnStorage, spec: FeatureSpec,
     lo, hi = pd.Timestamp(span[0]), pd.Timestamp(span[1])
     parts = [f[(f[ts].dt.normalize() >= lo) & (f[ts].dt.normalize() <= hi)]
              for f in (frames.train, frames.validation, frames.holdout)]
-    inside = pd.concat(parts, ignore_index=True)
+    weeks = pd.concat([week_start(p[ts]) for p in parts]).nunique()
     expected = (hi - lo).days // 7 + 1
-    if len(inside) and week_start(inside[ts]).nunique() >= 0.75 * expected:
-        return inside
-    return _history(storage, spec, since=lo, until=hi)
+    if weeks and weeks >= 0.75 * expected:
+        return sample_parts(parts, cap)
+    return sample_rows(_history(storage, spec, since=lo, until=hi), cap)
 
 
 def _labelled(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
@@ -172,13 +174,14 @@ def data_drift(context: dg.AssetCheckExecutionContext, clean_features: ModelingF
     window = manifest.get("data_window") or {}
     reference, reference_from = pd.DataFrame(), "clean_features training window (no production model)"
     if window.get("train") and window.get("validation"):
-        reference = _reference(clean_features, storage, spec, (window["train"][0], window["validation"][1]))
+        reference = _reference(clean_features, storage, spec, (window["train"][0], window["validation"][1]),
+                               monitoring.reference_sample_rows)
         reference_from = f"{version} training window {window['train'][0]} .. {window['validation'][1]}"
     if reference.empty:
         if version is not None:
             reference_from = f"clean_features training window ({version}'s weeks are not in the history)"
-        reference = clean_features.training_window
-    reference = _labelled(sample_rows(reference, monitoring.reference_sample_rows), spec)
+        reference = sample_parts([clean_features.train, clean_features.validation], monitoring.reference_sample_rows)
+    reference = _labelled(reference, spec)
     stored_weeks = storage.history().weeks()
     since = stored_weeks[-monitoring.current_weeks] if stored_weeks else None
     current = _history(storage, spec, since=since)

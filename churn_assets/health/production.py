@@ -65,6 +65,24 @@ def sample_rows(frame: pd.DataFrame, cap: int, seed: int = 0) -> pd.DataFrame:
     return frame.sample(n=cap, random_state=seed)
 
 
+def sample_parts(parts: list[pd.DataFrame], cap: int, seed: int = 0) -> pd.DataFrame:
+    """``sample_rows(pd.concat(parts, ignore_index=True), cap, seed)``, the same rows in
+    the same order with the same index, without building the concatenation: at a 10 M-row
+    training window that is a 1.6 GiB copy to keep 50,000 rows."""
+    total = sum(len(p) for p in parts)
+    if cap <= 0 or total <= cap:
+        return pd.concat(parts, ignore_index=True)
+    # What DataFrame.sample draws for an integer seed.
+    positions = np.random.RandomState(seed).choice(total, size=cap, replace=False)
+    starts = np.cumsum([0] + [len(p) for p in parts])
+    owner = np.searchsorted(starts, positions, side="right") - 1
+    by_part = np.argsort(owner, kind="stable")
+    picked = pd.concat([parts[i].iloc[positions[by_part][owner[by_part] == i] - starts[i]]
+                        for i in range(len(parts))], ignore_index=True)
+    restored = picked.iloc[np.argsort(by_part, kind="stable")]
+    return restored.set_axis(pd.Index(positions), axis=0)
+
+
 @dataclass
 class DriftReport:
     """Everything the drift check shows: features sorted by PSI, then scores and target."""

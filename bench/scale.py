@@ -199,7 +199,6 @@ def run_big(batch: str, home: str, as_of: str, train: str, chunk_rows: str) -> d
 
 
 def run_threads(data: str, budget: str) -> dict:
-    import datetime as dt
     from churn_assets.core.code_version import code_version
     from churn_assets.core.features import build_preprocessor
     from churn_assets.core.spec import LABEL, churn_label, load_spec
@@ -303,6 +302,16 @@ def weekly(work: Path, customers: int, sizes: list[int], legacy_sizes: list[int]
     return results
 
 
+def tiled(base: pd.DataFrame, copies: int) -> pd.DataFrame:
+    """``copies`` copies of a simulated history under renamed customer ids."""
+    parts = []
+    for copy in range(copies):
+        part = base.copy()
+        part["customer_id"] = f"T{copy:02d}" + part["customer_id"]
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
 def big(work: Path, windows: list[int], train_up_to: int, per_million: int,
         chunk_rows: list[int]) -> list[dict]:
     from churn_assets.sources.simulation import SimulatorSettings, simulate
@@ -314,13 +323,7 @@ def big(work: Path, windows: list[int], train_up_to: int, per_million: int,
     base = simulate(SimulatorSettings(n_customers=per_million), as_of)
     results = []
     for millions in windows:
-        parts = []
-        for copy in range(millions):
-            part = base.copy()
-            part["customer_id"] = f"T{copy:02d}" + part["customer_id"]
-            parts.append(part)
-        batch = pd.concat(parts, ignore_index=True)
-        del parts
+        batch = tiled(base, millions)
         path = work / f"big-{millions}.parquet"
         batch.to_parquet(path, index=False)
         rows = len(batch)

@@ -9,7 +9,7 @@ import argparse
 import datetime as dt
 from pathlib import Path
 
-from churn_assets.core.features import build_preprocessor
+from churn_assets.core.encoding import fit_preprocessor
 from churn_assets.core.gate import DEFAULT_RULES, evaluate_gate
 from churn_assets.storage.history import CustomerHistory
 from churn_assets.core.metrics import churn_metrics
@@ -35,7 +35,7 @@ def main() -> None:
     stored = history.load()
     stored[LABEL] = (stored[spec.target_column].astype(str) == spec.positive_label).astype("int64")
     frames = split_by_time(stored, spec, WindowPlan(), batch.as_of)
-    preprocessor = build_preprocessor(spec).fit(frames.training_window)
+    preprocessor = fit_preprocessor(spec, [frames.train, frames.validation])
     model, _ = train_challenger(frames, spec, preprocessor, list(MODEL_FAMILIES), 42, code_version(),
                                 dt.datetime.now(dt.timezone.utc).isoformat())
     holdout = frames.holdout

@@ -19,7 +19,7 @@ from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from churn_assets.core.features import build_preprocessor
+from churn_assets.core.features import build_preprocessor, canonical_categories, to_float
 from churn_assets.core.spec import FeatureSpec
 
 # Rows transformed at once. 500,000 rows x 29 encoded columns: ~0.1 GiB per float64 block,
@@ -29,20 +29,32 @@ ENCODE_CHUNK_ROWS = 500_000
 
 def row_chunks(frames: Sequence[pd.DataFrame], keep: Sequence[np.ndarray | None] | None = None,
                chunk_rows: int = ENCODE_CHUNK_ROWS) -> Iterator[pd.DataFrame]:
-    """The rows of ``frames`` in order, at most ``chunk_rows`` per piece (before masking).
+    """The rows of ``frames`` in order, ``chunk_rows`` at a time (counted before masking),
+    a chunk spanning frame boundaries: rows that fit one chunk are handled at once.
 
     ``keep``: one boolean array (or None: all rows) per frame, selecting its rows.
     """
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, not {chunk_rows}")
+    pending, size = [], 0
     for i, frame in enumerate(frames):
         mask = keep[i] if keep is not None else None
-        for lo in range(0, len(frame), chunk_rows):
-            chunk = frame.iloc[lo:lo + chunk_rows]
-            if mask is not None:
-                chunk = chunk[mask[lo:lo + chunk_rows]]
-            if len(chunk):
-                yield chunk
+        lo = 0
+        while lo < len(frame):
+            take = min(chunk_rows - size, len(frame) - lo)
+            piece = frame.iloc[lo:lo + take]
+            pending.append(piece if mask is None else piece[mask[lo:lo + take]])
+            size, lo = size + take, lo + take
+            if size == chunk_rows:
+                yield from _joined(pending)
+                pending, size = [], 0
+    yield from _joined(pending)
+
+
+def _joined(pieces: list[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    pieces = [p for p in pieces if len(p)]
+    if pieces:
+        yield pieces[0] if len(pieces) == 1 else pd.concat(pieces)
 
 
 def _kept_rows(frames, keep) -> int:
@@ -51,63 +63,61 @@ def _kept_rows(frames, keep) -> int:
     return sum(len(f) if m is None else int(np.count_nonzero(m)) for f, m in zip(frames, keep))
 
 
+def _numeric_block(chunk: pd.DataFrame, numeric_cols: list[str]) -> pd.DataFrame:
+    # Built as RecordNormalizer builds it (one float block, column-major), so the scaler
+    # sums in the order ColumnTransformer.fit would: one chunk gives bit-identical statistics.
+    return pd.DataFrame({col: to_float(chunk[col]).to_numpy() for col in numeric_cols}, index=chunk.index)
+
+
 def fit_preprocessor(spec: FeatureSpec, frames: Sequence[pd.DataFrame],
                      chunk_rows: int = ENCODE_CHUNK_ROWS) -> Pipeline:
     """``build_preprocessor(spec)`` fitted on the rows of ``frames`` as if concatenated.
 
     Equal to ``build_preprocessor(spec).fit(pd.concat(frames))``: the same medians,
     missing indicators and categories, and the same scaling statistics up to float
-    rounding (exactly the same when the rows fit in one chunk). The median imputer is
-    fitted on the window's numeric columns (a median needs every value); the scaler
-    accumulates its mean and variance over chunks (``StandardScaler.partial_fit``); the
-    one-hot encoder sees each column's distinct values. The ColumnTransformer is fitted on
-    a frame of those distinct values, which gives it the same output layout, and then
-    holds the sub-pipelines fitted on every row.
+    rounding (bit-identical when the rows fit in one chunk). One column at a time, it
+    takes each numeric column's median and whether it has missing values, and each
+    categorical column's distinct canonical values. The ColumnTransformer is fitted on a
+    small frame of exactly those values, which gives it the output layout (indicator
+    columns, one-hot categories) of the whole window; its imputer is then given the
+    window's medians, and its scaler the mean and variance of every imputed row,
+    accumulated over chunks (``StandardScaler.partial_fit``).
     """
     preprocessor = build_preprocessor(spec)
-    normalizer = preprocessor.named_steps["normalize"].fit(None)
     columns = preprocessor.named_steps["columns"]
     numeric_cols, categorical_cols = list(spec.numeric_features), list(spec.categorical_features)
-    n_rows = _kept_rows(frames, None)
-    if n_rows == 0:
+    if _kept_rows(frames, None) == 0:
         raise ValueError("no rows to fit the preprocessing on")
-    # Column-major like the frame's own block, so the scaler sums in the same order as
-    # ColumnTransformer.fit would and one chunk gives bit-identical statistics.
-    numeric_values = np.empty((n_rows, len(numeric_cols)), dtype=np.float64, order="F")
-    distinct: dict[str, list[np.ndarray]] = {col: [] for col in categorical_cols}
-    at = 0
-    for chunk in row_chunks(frames, chunk_rows=chunk_rows):
-        normal = normalizer.transform(chunk)
-        numeric_values[at:at + len(chunk)] = normal[numeric_cols].to_numpy(dtype=np.float64)
-        at += len(chunk)
-        for col in categorical_cols:
-            distinct[col].append(pd.unique(normal[col].to_numpy()))
+    medians, has_missing = [], []
+    for col in numeric_cols:
+        values = np.concatenate([to_float(f[col]).to_numpy() for f in frames])
+        present = values[~np.isnan(values)]
+        has_missing.append(len(present) < len(values))
+        # SimpleImputer(strategy="median", keep_empty_features=True): 0 for an empty column.
+        medians.append(float(np.median(present)) if len(present) else 0.0)
+        del values, present
+    distinct = {}
+    for col in categorical_cols:
+        aliases = spec.category_aliases.get(col, {})
+        distinct[col] = pd.unique(np.concatenate(
+            [pd.unique(canonical_categories(f[col], aliases)) for f in frames]))
 
-    numeric = clone(dict((name, est) for name, est, _ in columns.transformers)["numeric"])
-    numeric_frame = pd.DataFrame(numeric_values, columns=numeric_cols, copy=False)
-    impute = numeric.named_steps["impute"].fit(numeric_frame)
-    scale: StandardScaler = numeric.named_steps["scale"]
-    for lo in range(0, n_rows, chunk_rows):
-        scale.partial_fit(impute.transform(numeric_frame.iloc[lo:lo + chunk_rows]))
-    has_missing = np.isnan(numeric_values).any(axis=0)
-    del numeric_frame, numeric_values
-
-    values = {col: pd.unique(np.concatenate(parts)) for col, parts in distinct.items()}
-    length = max([2, *(len(v) for v in values.values())])
-    layout = {col: np.resize(vals, length) for col, vals in values.items()}
+    length = max([2, *(len(v) for v in distinct.values())])
+    layout = {col: np.resize(vals, length) for col, vals in distinct.items()}
     for col, missing in zip(numeric_cols, has_missing):
         layout[col] = np.where(np.arange(length) == 0, np.nan if missing else 0.0, 0.0)
-    layout_frame = pd.DataFrame(layout)[list(spec.feature_columns)]
-    # Fitted on the distinct values, the ColumnTransformer gets the output layout (slices,
-    # feature names) and the one-hot categories of the whole window; then it is given the
-    # numeric pipeline fitted on every row. transformers_ is the documented list of fitted
-    # (name, transformer, columns) tuples.
-    columns.fit(layout_frame)
-    layout_names = list(columns.get_feature_names_out())
-    columns.transformers_ = [(name, numeric if name == "numeric" else est, cols)
-                             for name, est, cols in columns.transformers_]
-    if list(columns.get_feature_names_out()) != layout_names:
-        raise RuntimeError("chunked preprocessing fit produced a different feature layout")
+    # Fitted on this layout, the ColumnTransformer gets the window's output slices,
+    # feature names, indicator columns and one-hot categories; its numeric pipeline's
+    # statistics are then the window's. statistics_ and the pipeline's steps are
+    # documented attributes.
+    columns.fit(pd.DataFrame(layout)[list(spec.feature_columns)])
+    numeric = columns.named_transformers_["numeric"]
+    impute = numeric.named_steps["impute"]
+    impute.statistics_ = np.asarray(medians, dtype=np.float64)
+    scale: StandardScaler = clone(numeric.named_steps["scale"])
+    for chunk in row_chunks(frames, chunk_rows=chunk_rows):
+        scale.partial_fit(impute.transform(_numeric_block(chunk, numeric_cols)))
+    numeric.set_params(scale=scale)
     return preprocessor
 
 

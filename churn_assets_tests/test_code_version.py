@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import churn_assets
+from churn_assets.core.code_version import MODEL_MODULES
 
 PACKAGE = Path(churn_assets.__file__).parent
 
@@ -36,3 +38,24 @@ def test_only_model_code_changes_the_code_version(tmp_path):
     with open(copy / "core" / "training.py", "a") as fh:
         fh.write("\n# training code changed\n")
     assert code_version_of(copy) != original
+
+
+def core_imports(module: str) -> set[str]:
+    """The core modules ``module`` (a file name in core/) imports, directly or not."""
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse((PACKAGE / "core" / name).read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("churn_assets.core."):
+                todo.append(node.module.rsplit(".", 1)[1] + ".py")
+    return seen
+
+
+def test_every_module_training_and_scoring_run_is_hashed():
+    """A module training or the artifact's scoring imports changes what a model learns:
+    categories.py (category spellings) and encoding.py (the chunked fit) were missing."""
+    used = core_imports("training.py") | core_imports("artifact.py")
+    assert used - set(MODEL_MODULES) == set()

@@ -181,6 +181,41 @@ def test_a_raw_batch_comes_back_from_its_pickle_unchanged(batch, extra):
     assert (back.watermark, back.as_of, back.source) == ("w", AS_OF, "simulator")
 
 
+def test_training_frames_come_back_from_their_pickle_unchanged_and_small():
+    """clean_features' output is pickled for every training step: as Parquet, so the
+    pickle is not a second copy of the frames, and the frames (and so the training
+    fingerprint) come back exactly."""
+    import pickle
+
+    from churn_assets.core.training import training_fingerprint
+    from churn_assets.devtools.sample_models import sample_frames
+
+    frames = sample_frames(n_customers=300)
+    frames.validation.loc[frames.validation.index[:3], "plan"] = None  # missing text survives
+    data = pickle.dumps(frames, protocol=4)  # Dagster's PICKLE_PROTOCOL
+    back = pickle.loads(data)
+    for name in ("train", "validation", "holdout"):
+        pd.testing.assert_frame_equal(getattr(back, name), getattr(frames, name), check_exact=True)
+    assert (back.as_of, back.label_cutoff, back.held_back_rows) == (
+        frames.as_of, frames.label_cutoff, frames.held_back_rows)
+    assert training_fingerprint(back, SPEC, ["x"], 1, "v") == training_fingerprint(frames, SPEC, ["x"], 1, "v")
+    in_memory = sum(f.memory_usage(deep=True).sum() for f in (frames.train, frames.validation, frames.holdout))
+    assert data.count(b"PAR1") == 6 and len(data) < in_memory / 3
+
+
+def test_training_frames_that_parquet_would_change_are_pickled_as_they_are():
+    import pickle
+
+    from churn_assets.devtools.sample_models import sample_frames
+
+    frames = sample_frames(n_customers=300)
+    frames.holdout = frames.holdout.assign(note=[1, "1"] * (len(frames.holdout) // 2) + ["x"] * (len(frames.holdout) % 2))
+    back = pickle.loads(pickle.dumps(frames, protocol=4))
+    assert b"PAR1" not in pickle.dumps(frames, protocol=4)
+    assert [type(v) for v in back.holdout["note"].iloc[:2]] == [int, str]
+    pd.testing.assert_frame_equal(back.train, frames.train, check_exact=True)
+
+
 def test_default_chunking_validates_small_batches_once_and_large_ones_by_weeks(monkeypatch):
     """Up to ONE_FRAME_CHUNKS chunks' rows a batch is one frame (no second pass); above,
     whole weeks of about CHUNK_ROWS rows."""

@@ -58,4 +58,6 @@ def test_every_module_training_and_scoring_run_is_hashed():
     """A module training or the artifact's scoring imports changes what a model learns:
     categories.py (category spellings) and encoding.py (the chunked fit) were missing."""
     used = core_imports("training.py") | core_imports("artifact.py")
-    assert used - set(MODEL_MODULES) == set()
+    # How frames cross between steps, not what they hold: a change there changes no model.
+    transport_only = {"frame_pickle.py"}
+    assert used - set(MODEL_MODULES) - transport_only == set()

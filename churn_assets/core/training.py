@@ -15,6 +15,7 @@ from sklearn.pipeline import Pipeline
 
 from churn_assets.core.artifact import CALIBRATION_METHODS, ChurnPredictor, ScoreCalibrator
 from churn_assets.core.encoding import encode_rows
+from churn_assets.core.frame_pickle import frame_from_parquet, parquet_bytes
 from churn_assets.core.metrics import best_f1_threshold, churn_metrics
 from churn_assets.core.spec import LABEL, FeatureSpec
 
@@ -53,6 +54,16 @@ class ModelingFrames:
     label_cutoff: pd.Timestamp  # snapshots after this have provisional labels
     held_back_rows: int         # rows left out because their label window is still open
 
+    def __reduce__(self):
+        # clean_features' output, loaded by every training step: as Parquet where that is
+        # exact (core.frame_pickle), as protocol 4 would copy all three frames (2.1 GiB at
+        # a 10 M-row window) while pickling them.
+        packed = [parquet_bytes(f) for f in (self.train, self.validation, self.holdout)]
+        rest = (self.as_of, self.label_cutoff, self.held_back_rows)
+        if any(p is None for p in packed):
+            return ModelingFrames, (self.train, self.validation, self.holdout, *rest)
+        return _frames_from_parquet, (*packed, *rest)
+
     @property
     def training_window(self) -> pd.DataFrame:
         """train and validation in one frame (a copy of both)."""
@@ -69,6 +80,11 @@ class ModelingFrames:
         return {"train": span(self.train), "validation": span(self.validation),
                 "holdout": span(self.holdout), "as_of": str(self.as_of.date()),
                 "label_cutoff": str(self.label_cutoff.date())}
+
+
+def _frames_from_parquet(train: bytes, validation: bytes, holdout: bytes, *rest) -> ModelingFrames:
+    return ModelingFrames(frame_from_parquet(train), frame_from_parquet(validation),
+                          frame_from_parquet(holdout), *rest)
 
 
 class NotEnoughHistory(ValueError):

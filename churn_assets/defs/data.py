@@ -5,14 +5,13 @@ from dataclasses import dataclass
 
 import dagster as dg
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import Field
 
 from churn_assets.defs.decisions import DecisionLog, already_decided, coverage_of
 from churn_assets.defs.resources import ChurnStorage, DeploymentGateRules, TrainingPlan
 from churn_assets.sources.base import CustomerSource, SourceError, TransientSourceError
 from churn_assets.sources.redaction import redact
+from churn_assets.core.frame_pickle import frame_from_parquet, parquet_bytes
 from churn_assets.core.markdown import md_table
 from churn_assets.core.spec import LABEL, FeatureSpec
 from churn_assets.core.training import NotEnoughHistory
@@ -50,25 +49,17 @@ class RawBatch:
     source: str
 
     def __reduce__(self):
-        # Dagster's default io manager pickles step outputs with protocol 4, which copies
-        # every column into a bytes object and holds them all until the dump ends: the
-        # 15.6 M-row batch of a 10 M-row window (4.9 GiB) peaked at 8.0 GiB in
-        # raw_customers (BENCHMARKS.md, "History at scale"). As Parquet, the copy is the
-        # compressed size (0.28 GB against a 2.8 GB pickle on the simulator). Only frames
-        # Parquet gives back unchanged go this way: no object columns (they may mix 1 and
-        # "1"), string column names.
-        frame = self.records
+        # As Parquet where that is exact (core.frame_pickle): protocol 4 would copy the
+        # whole batch (4.9 GiB at a 10 M-row window) while pickling it.
         fields = (self.watermark, self.as_of, self.source)
-        if frame.empty or any(d == object for d in frame.dtypes) or not all(
-                isinstance(c, str) for c in frame.columns):
-            return RawBatch, (frame, *fields)
-        sink = pa.BufferOutputStream()
-        pq.write_table(pa.Table.from_pandas(frame), sink)
-        return _raw_batch_from_parquet, (sink.getvalue().to_pybytes(), *fields)
+        packed = parquet_bytes(self.records)
+        if packed is None:
+            return RawBatch, (self.records, *fields)
+        return _raw_batch_from_parquet, (packed, *fields)
 
 
 def _raw_batch_from_parquet(data: bytes, *fields) -> RawBatch:
-    return RawBatch(pq.read_table(pa.py_buffer(data)).to_pandas(), *fields)
+    return RawBatch(frame_from_parquet(data), *fields)
 
 
 @dataclass

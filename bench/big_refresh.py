@@ -29,7 +29,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STEP_START = re.compile(r' - (\w+) - STEP_START - Started execution of step "(\w+)"')
-STEP_DONE = re.compile(r' - (\w+) - STEP_SUCCESS - Finished execution of step "\w+" in ([\d.]+)(ms|s)')
+STEP_DONE = re.compile(r' - (\w+) - STEP_SUCCESS - Finished execution of step "\w+" in (\S+)\.?$')
+DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m(?!s))?(?:([\d.]+)(ms|s))?$")
+
+
+def seconds(text: str) -> float:
+    """Dagster's step duration ("150ms", "2.5s", "13m37s", "1h2m3s") in seconds."""
+    hours, minutes, value, unit = DURATION.match(text).groups()
+    rest = float(value or 0) / (1000 if unit == "ms" else 1)
+    return int(hours or 0) * 3600 + int(minutes or 0) * 60 + rest
 
 
 def write_export(path: Path, millions: int, per_million: int) -> tuple[int, str]:
@@ -78,7 +86,7 @@ def materialize(env: dict) -> dict:
             state["step"] = started.group(2)
             print(f"  {time.perf_counter() - began:7.1f} s  {state['step']}", flush=True)
         if done := STEP_DONE.search(line):
-            state["seconds"][done.group(1)] = float(done.group(2)) / (1000 if done.group(3) == "ms" else 1)
+            state["seconds"][done.group(1)] = seconds(done.group(2).rstrip("."))
     _, status, usage = os.wait4(proc.pid, 0)
     sampler.join()
     if os.waitstatus_to_exitcode(status) != 0:

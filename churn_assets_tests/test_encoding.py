@@ -22,10 +22,11 @@ SPEC = load_spec("simulator")
 
 @functools.cache
 def two_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Records split in two, with what a chunk can miss: a category, a numeric column's
-    only missing values and a column that is missing everywhere appear late."""
+    """Records split in two, with what a chunk can miss: a category and a numeric column's
+    only missing values appear late; and a numeric column missing in every row."""
     frame = simulate(SimulatorSettings(n_customers=400), "2026-04-06").reset_index(drop=True)
     frame["seats"] = frame["seats"].astype("float64")
+    frame["discount_share"] = np.nan
     first, second = frame.iloc[:3000].copy(), frame.iloc[3000:].copy()
     first["seats"] = first["seats"].fillna(1.0)
     second.loc[second.index[-3:], "seats"] = np.nan            # missing only in the last rows
@@ -53,6 +54,7 @@ def test_small_chunks_give_the_same_layout_categories_and_statistics():
     assert list(chunked.get_feature_names_out()) == list(reference.get_feature_names_out())
     names = list(chunked.get_feature_names_out())
     assert "categorical__country_atlantis" in names and "numeric__missingindicator_seats" in names
+    assert "numeric__missingindicator_discount_share" in names
     np.testing.assert_allclose(chunked.transform(whole), reference.transform(whole), rtol=0, atol=1e-9)
     numeric = lambda p: p.named_steps["columns"].named_transformers_["numeric"]  # noqa: E731
     assert np.array_equal(numeric(chunked).named_steps["impute"].statistics_,

@@ -239,3 +239,10 @@ def test_sampling_the_parts_draws_the_rows_sampling_their_concatenation_draws(ca
     expected = sample_rows(pd.concat(parts, ignore_index=True), cap, seed)
     sampled = sample_parts(parts, cap, seed)
     assert len(sampled) == min(cap or 3833, 3833) and sampled.equals(expected)
+    # The production model's weeks are selected by masks, not copied out first.
+    keep = [p["spend"].to_numpy() > -0.5 for p in parts]
+    kept = [p[k] for p, k in zip(parts, keep)]
+    expected = sample_rows(pd.concat(kept, ignore_index=True), cap, seed)
+    assert sample_parts(parts, cap, seed, keep=keep).equals(expected)
+    assert sample_parts(parts, cap, seed, keep=[keep[0], None, keep[2], keep[3]]).equals(
+        sample_rows(pd.concat([kept[0], parts[1], kept[2], kept[3]], ignore_index=True), cap, seed))

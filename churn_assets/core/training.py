@@ -226,8 +226,8 @@ def train_challenger(frames: ModelingFrames, spec: FeatureSpec, preprocessor: Pi
     # (``encoding.encode_rows``: the values Pipeline.fit would compute, without its
     # intermediates), one matrix alive at a time; BENCHMARKS.md, "Big windows".
     keep = purge_mask(frames, spec)
-    y_fit = frames.train[LABEL].to_numpy() if keep is None else frames.train[LABEL].to_numpy()[keep]
-    y_val = frames.validation[LABEL].to_numpy()
+    y_train, y_val = frames.train[LABEL].to_numpy(), frames.validation[LABEL].to_numpy()
+    y_fit = y_train if keep is None else y_train[keep]
     x_fit = encode_rows(preprocessor, [frames.train], [keep])
     x_val = encode_rows(preprocessor, [frames.validation])
     candidates = {}
@@ -246,7 +246,7 @@ def train_challenger(frames: ModelingFrames, spec: FeatureSpec, preprocessor: Pi
     thresholds = {f: best_f1_threshold(y_val, p) for f, (_, p, _) in candidates.items()}
     scores = {f: churn_metrics(y_val, p, thresholds[f]) for f, (_, p, _) in candidates.items()}
     x_window = encode_rows(preprocessor, [frames.train, frames.validation])
-    y_window = np.concatenate([frames.train[LABEL].to_numpy(), y_val])
+    y_window = np.concatenate([y_train, y_val])
     refit = make_classifier(best, seed).fit(x_window, y_window)
     del x_window
     final = Pipeline([("preprocess", FrozenEstimator(preprocessor)), ("classifier", refit)])

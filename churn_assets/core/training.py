@@ -42,6 +42,21 @@ class WindowPlan:
         if self.validation_weeks < 1 or self.holdout_weeks < 1:
             raise ValueError("validation_weeks and holdout_weeks must be at least 1")
 
+    def boundaries(self, newest_final: pd.Timestamp) -> tuple[pd.Timestamp, pd.Timestamp, pd.Timestamp]:
+        """``(train_start, validation_start, holdout_start)`` for the newest snapshot with a
+        final label: the holdout is the ``holdout_weeks`` ending on its day, the training
+        window the ``training_window_weeks`` before the holdout, validation its newest
+        ``validation_weeks``."""
+        holdout_start = newest_final.normalize() - pd.Timedelta(weeks=self.holdout_weeks) + pd.Timedelta(days=1)
+        return (holdout_start - pd.Timedelta(weeks=self.training_window_weeks),
+                holdout_start - pd.Timedelta(weeks=self.validation_weeks), holdout_start)
+
+
+def label_cutoff(spec: FeatureSpec, as_of: pd.Timestamp) -> pd.Timestamp:
+    """The newest snapshot date whose label is final at ``as_of``: a label says whether
+    the customer churned within ``label_horizon_days`` after the snapshot."""
+    return pd.Timestamp(as_of).normalize() - pd.Timedelta(days=spec.label_horizon_days)
+
 
 @dataclass
 class ModelingFrames:
@@ -101,21 +116,19 @@ def split_by_time(records: pd.DataFrame, spec: FeatureSpec, plan: WindowPlan,
     ``validation_weeks`` are the validation set.
     """
     ts = records[spec.timestamp_column]
-    label_cutoff = as_of.normalize() - pd.Timedelta(days=spec.label_horizon_days)
-    final = records[ts <= label_cutoff]
+    cutoff = label_cutoff(spec, as_of)
+    final = records[ts <= cutoff]
     held_back = len(records) - len(final)
     if final.empty:
-        raise NotEnoughHistory(f"no snapshot on or before the label cutoff {label_cutoff.date()}")
+        raise NotEnoughHistory(f"no snapshot on or before the label cutoff {cutoff.date()}")
     newest = final[spec.timestamp_column].max().normalize()
-    holdout_start = newest - pd.Timedelta(weeks=plan.holdout_weeks) + pd.Timedelta(days=1)
-    validation_start = holdout_start - pd.Timedelta(weeks=plan.validation_weeks)
-    train_start = holdout_start - pd.Timedelta(weeks=plan.training_window_weeks)
+    train_start, validation_start, holdout_start = plan.boundaries(newest)
     fts = final[spec.timestamp_column]
     frames = ModelingFrames(
         train=final[(fts >= train_start) & (fts < validation_start)].reset_index(drop=True),
         validation=final[(fts >= validation_start) & (fts < holdout_start)].reset_index(drop=True),
         holdout=final[fts >= holdout_start].reset_index(drop=True),
-        as_of=as_of, label_cutoff=label_cutoff, held_back_rows=held_back,
+        as_of=as_of, label_cutoff=cutoff, held_back_rows=held_back,
     )
     for name in ("train", "validation", "holdout"):
         frame = getattr(frames, name)

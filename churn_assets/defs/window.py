@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from churn_assets.core.spec import LABEL, FeatureSpec, churn_label
-from churn_assets.core.training import ModelingFrames, WindowPlan, split_by_time
+from churn_assets.core.training import ModelingFrames, WindowPlan, label_cutoff, split_by_time
 from churn_assets.storage.history import CustomerHistory
 
 MARGIN_WEEKS = 1
@@ -15,8 +15,7 @@ def window_start(spec: FeatureSpec, plan: WindowPlan, as_of: pd.Timestamp) -> pd
     """The oldest snapshot date ``split_by_time`` can use when the history is current:
     ``as_of - label horizon - (training + holdout weeks) - 1 week`` (the margin covers a
     newest labelled snapshot up to a week before the label cutoff)."""
-    label_cutoff = pd.Timestamp(as_of).normalize() - pd.Timedelta(days=spec.label_horizon_days)
-    return label_cutoff - pd.Timedelta(
+    return label_cutoff(spec, as_of) - pd.Timedelta(
         weeks=plan.training_window_weeks + plan.holdout_weeks + MARGIN_WEEKS)
 
 
@@ -33,14 +32,11 @@ def load_training_history(history: CustomerHistory, spec: FeatureSpec, plan: Win
     frame = history.load(since=since)
     if frame is None:
         return None
-    label_cutoff = pd.Timestamp(as_of).normalize() - pd.Timedelta(days=spec.label_horizon_days)
     dates = pd.to_datetime(frame[spec.timestamp_column])
-    final = dates[dates <= label_cutoff]
+    final = dates[dates <= label_cutoff(spec, as_of)]
     if final.empty:
         return history.load()
-    # The same arithmetic as split_by_time: its training window starts here.
-    holdout_start = final.max().normalize() - pd.Timedelta(weeks=plan.holdout_weeks) + pd.Timedelta(days=1)
-    train_start = holdout_start - pd.Timedelta(weeks=plan.training_window_weeks)
+    train_start, _, _ = plan.boundaries(final.max())  # where split_by_time's window starts
     return frame if train_start >= since else history.load()
 
 
@@ -60,27 +56,24 @@ def load_modeling_frames(history: CustomerHistory, spec: FeatureSpec, plan: Wind
     as_of = pd.Timestamp(as_of)
     ts = spec.timestamp_column
     since = window_start(spec, plan, as_of)
-    label_cutoff = as_of.normalize() - pd.Timedelta(days=spec.label_horizon_days)
+    cutoff = label_cutoff(spec, as_of)
     dates = history.load(since=since, columns=[ts])
     if dates is None:
         return None
     dates = pd.to_datetime(dates[ts])
-    final = dates[dates <= label_cutoff]
+    final = dates[dates <= cutoff]
     if not final.empty:
-        newest = final.max().normalize()
-        holdout_start = newest - pd.Timedelta(weeks=plan.holdout_weeks) + pd.Timedelta(days=1)
-        validation_start = holdout_start - pd.Timedelta(weeks=plan.validation_weeks)
-        train_start = holdout_start - pd.Timedelta(weeks=plan.training_window_weeks)
+        train_start, validation_start, holdout_start = plan.boundaries(final.max())
     if final.empty or train_start < since:
         # A gap in the history: the window reaches behind the read (load_training_history).
         return _split_whole(history, spec, plan, as_of)
-    held_back = int((dates > label_cutoff).sum())
+    held_back = int((dates > cutoff).sum())
     del dates, final
 
     def split(lo: pd.Timestamp, before: pd.Timestamp | None) -> pd.DataFrame:
         # ``load`` bounds are inclusive: read up to ``before`` and drop rows dated exactly
         # then (they belong to the next split), copying only if there are any.
-        frame = history.load(since=lo, until=label_cutoff if before is None else before)
+        frame = history.load(since=lo, until=cutoff if before is None else before)
         if before is not None and (pd.to_datetime(frame[ts]) >= before).any():
             frame = frame[pd.to_datetime(frame[ts]) < before].reset_index(drop=True)
         frame[LABEL] = churn_label(frame[spec.target_column], spec)
@@ -88,7 +81,7 @@ def load_modeling_frames(history: CustomerHistory, spec: FeatureSpec, plan: Wind
 
     frames = ModelingFrames(
         train=split(train_start, validation_start), validation=split(validation_start, holdout_start),
-        holdout=split(holdout_start, None), as_of=as_of, label_cutoff=label_cutoff,
+        holdout=split(holdout_start, None), as_of=as_of, label_cutoff=cutoff,
         held_back_rows=held_back)
     for name in ("train", "validation", "holdout"):
         frame = getattr(frames, name)

@@ -12,7 +12,8 @@ folded in, then the classifier) and repeats exactly the operations scikit-learn 
   missing -> ``"__missing__"``, then the one-hot position; unseen values -> all zeros;
 - LogisticRegression: ``expit(x . coef + intercept)``;
 - HistGradientBoostingClassifier: all trees walked at once, level by level, with NumPy
-  (one row), or scikit-learn's own compiled predictor on the encoded matrix (batches);
+  (one row); batches are binned and scored by leaf tables (``leaf_tables.py``), or by
+  scikit-learn's own compiled walk when a tree has more than 64 leaves;
 - a calibrated predictor (``ChurnPredictor.calibrator``) takes the classifier's decision
   value instead (``x . coef + intercept``, or the boosted raw score) and maps it as
   the calibrator does: sigmoid = ``expit(a * f + b)`` (the calibrating
@@ -43,6 +44,7 @@ from sklearn.linear_model import LogisticRegression
 from churn_assets.core.artifact import ChurnPredictor
 from churn_assets.core.categories import as_text, category_key
 from churn_assets.core.features import MISSING_CATEGORY, to_float
+from churn_assets.serving.leaf_tables import LeafTables, TooManyLeaves
 
 NAN = float("nan")
 
@@ -56,11 +58,12 @@ class EncodedRecords:
     """Checked records as the fast path takes them, column by column.
 
     ``numeric``: float64 (n_rows, n_numeric), NaN where missing. ``categories``: one list
-    per categorical feature (spec order) of the raw texts, None where missing.
+    (or pandas Series) per categorical feature (spec order) of the raw texts, None where
+    missing.
     """
 
     numeric: np.ndarray
-    categories: list[list[str | None]]
+    categories: list[list[str | None] | pd.Series]
 
     def __len__(self) -> int:
         return self.numeric.shape[0]
@@ -142,6 +145,10 @@ class _Forest:
         self.bin_thresholds = [np.asarray(t, dtype=np.float64) for t in bin_mapper.bin_thresholds_]
         self.missing_bin = bin_mapper.missing_values_bin_idx_
         self.threads = max(1, min(4, os.cpu_count() or 1))
+        try:
+            self.leaf_tables: LeafTables | None = LeafTables(clf)
+        except TooManyLeaves:
+            self.leaf_tables = None
 
     def raw_one(self, x: list[float]) -> float:
         # Same test as scikit-learn's tree walk: x <= threshold goes left.
@@ -186,21 +193,27 @@ class _Forest:
         binned = np.empty(X.shape, dtype=np.uint8, order="F")
         for j, thresholds in enumerate(self.bin_thresholds):
             column = X[:, j]
-            binned[:, j] = np.searchsorted(thresholds, column, side="left")
+            if len(thresholds) == 1:  # a one-hot column: one compare, not a binary search
+                np.greater(column, thresholds[0], out=binned[:, j], casting="unsafe")
+            else:
+                binned[:, j] = np.searchsorted(thresholds, column, side="left")
             missing = np.isnan(column)
             if missing.any():
                 binned[missing, j] = self.missing_bin
         return binned
 
     def _raw_binned(self, X: np.ndarray) -> np.ndarray:
-        """scikit-learn's raw prediction, walked on the binned matrix (uint8 compares:
-        about a third faster on 10,000 rows than walking the float matrix).
+        """scikit-learn's raw prediction from the binned matrix, shape (n_rows, 1): by leaf
+        tables where the trees fit them (bit-identical, about four times less CPU), else by
+        scikit-learn's own walk.
 
-        Exact: a node sends ``x`` left when ``x <= thresholds[b]``, and the bin mapper
-        puts ``x`` in the first bin ``i`` with ``x <= thresholds[i]``, so ``bin(x) <= b``
-        is the same test; the trees are summed in the same order as ``_raw_predict``.
+        Binning is exact: a node sends ``x`` left when ``x <= thresholds[b]``, and the bin
+        mapper puts ``x`` in the first bin ``i`` with ``x <= thresholds[i]``, so
+        ``bin(x) <= b`` is the same test.
         """
         binned = self._bin(X)
+        if self.leaf_tables is not None:
+            return self.leaf_tables.raw(binned)[:, None]
         raw = np.zeros((len(X), 1), dtype=self.clf._baseline_prediction.dtype, order="F")
         raw += self.clf._baseline_prediction
         self.clf._predict_iterations(binned, self.clf._predictors, raw, is_binned=True, n_threads=1)
@@ -362,7 +375,10 @@ class CompiledChurnModel:
         all_rows = np.arange(n_rows)
         for j, texts in enumerate(records.categories):
             # Few distinct values per column: normalize each once, not once per row.
-            codes, uniques = pd.factorize(np.asarray(texts, dtype=object), use_na_sentinel=True)
+            # A frame's column is factorized as it is stored (Arrow strings without
+            # becoming Python objects first: a quarter of a logistic model's batch time).
+            values = texts.array if isinstance(texts, pd.Series) else np.asarray(texts, dtype=object)
+            codes, uniques = pd.factorize(values, use_na_sentinel=True)
             lookup = [self.category_column(j, as_text(u)) for u in uniques]
             lookup.append(self.category_column(j, None))  # code -1: missing
             columns = np.array([np.nan if c is None else c for c in lookup], dtype=float)[codes]
@@ -391,7 +407,7 @@ class CompiledChurnModel:
         n_rows = len(frame)
         numeric = (np.column_stack([to_float(frame[c]).to_numpy(np.float64) for c in self.numeric_features])
                    if self.numeric_features else np.empty((n_rows, 0)))
-        categories = [frame[c].to_numpy(dtype=object) for c in self.categorical_features]
+        categories = [frame[c] for c in self.categorical_features]
         return self.predict_many(EncodedRecords(np.ascontiguousarray(numeric), categories), split)
 
     def predict_one(self, numeric: list[float], categories: list[str | None]) -> float:

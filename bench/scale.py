@@ -4,7 +4,8 @@
 
 weekly   one incremental weekly refresh (upsert the new batch + windowed read +
          split_by_time) at 100,000 customers on top of 10, 20, 40 and 80 stored weeks,
-         and the single-file layout of the last commit (``git show HEAD``) at 10 and 20.
+         for each --window-weeks (5 is the longest window a 10-week history fills),
+         and the history code of --baseline-rev at --legacy-weeks.
 big      a first refresh (the batch pickled and loaded by Dagster's io manager,
          validate + upsert in chunks and in one frame, windowed read + split) whose
          training window holds 1 M, 3 M and 10 M snapshots, plus fitting the
@@ -61,12 +62,12 @@ def peak_gib() -> float:
 
 # ---------------------------------------------------------------------------- children
 
-def run_weekly(home: str, batch: str, as_of: str, legacy: str) -> dict:
+def run_weekly(home: str, batch: str, as_of: str, legacy: str, window_weeks: str = "12") -> dict:
     from churn_assets.core.spec import LABEL, churn_label, load_spec
     from churn_assets.core.training import WindowPlan, split_by_time
     from churn_assets.defs.window import load_modeling_frames, load_training_history
 
-    spec, plan = load_spec("simulator"), WindowPlan()
+    spec, plan = load_spec("simulator"), WindowPlan(training_window_weeks=int(window_weeks))
     records = pd.read_parquet(batch)
     base = peak_gib()
     phase_peaks = {}
@@ -256,7 +257,7 @@ def known_at(frame: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
 
 
 def weekly(work: Path, customers: int, sizes: list[int], legacy_sizes: list[int], rounds: int,
-           baseline_rev: str = "HEAD") -> list[dict]:
+           baseline_rev: str = "HEAD", windows: tuple[int, ...] = (12,)) -> list[dict]:
     from churn_assets.sources.simulation import SimulatorSettings, simulate
     from churn_assets.storage.history import CustomerHistory
 
@@ -278,25 +279,26 @@ def weekly(work: Path, customers: int, sizes: list[int], legacy_sizes: list[int]
             lo, hi = START + pd.Timedelta(weeks=part), START + pd.Timedelta(weeks=part + 10)
             CustomerHistory(seed).upsert(stored[(stored["snapshot_date"] >= lo)
                                                 & (stored["snapshot_date"] < hi)], KEYS)
-        cases.append(("weekly", weeks, seed, batch_path, as_of))
+        cases += [("weekly", weeks, seed, batch_path, as_of, window) for window in windows]
         if weeks in legacy_sizes and "weeks_dir" in legacy_module.read_text():
-            cases.append((f"baseline {baseline_rev}", weeks, seed, batch_path, as_of))
+            cases.append((f"baseline {baseline_rev}", weeks, seed, batch_path, as_of, windows[0]))
         elif weeks in legacy_sizes:
             old = work / f"seed-legacy-{weeks}"
             old.mkdir()
             stored.sort_values(KEYS, kind="stable").to_parquet(old / "customers.parquet", index=False)
-            cases.append((f"baseline {baseline_rev}", weeks, old, batch_path, as_of))
+            cases.append((f"baseline {baseline_rev}", weeks, old, batch_path, as_of, windows[0]))
         print(f"  history of {weeks} weeks: {len(stored):,} rows, batch {len(batch):,}", flush=True)
     del full
     results = []
     for round_ in range(rounds):
-        for layout, weeks, seed, batch_path, as_of in cases:
+        for layout, weeks, seed, batch_path, as_of, window in cases:
             home = work / "run"
             shutil.rmtree(home, ignore_errors=True)
             shutil.copytree(seed, home)
             result = child("weekly", str(home), str(batch_path), str(as_of.date()),
-                           str(legacy_module) if layout.startswith("baseline") else "")
-            result.update(layout=layout, weeks=weeks, round=round_ + 1, loadavg=os.getloadavg())
+                           str(legacy_module) if layout.startswith("baseline") else "", str(window))
+            result.update(layout=layout, weeks=weeks, window_weeks=window, round=round_ + 1,
+                          loadavg=os.getloadavg())
             results.append(result)
             print("  ", json.dumps(result), flush=True)
     return results
@@ -406,6 +408,8 @@ def main() -> None:
                         help="history sizes also run with history.py of --baseline-rev")
     parser.add_argument("--baseline-rev", default="HEAD",
                         help="git revision of the baseline history.py (da0afe3: single-file layout)")
+    parser.add_argument("--window-weeks", default="12",
+                        help="weekly: training windows to run at every history size (5: one that 10 weeks fill)")
     parser.add_argument("--windows", default="1,3,10", help="training-window sizes, millions of rows")
     parser.add_argument("--train-up-to", type=int, default=1, help="also train at windows up to N M rows")
     parser.add_argument("--chunk-rows", default="1000000,0",
@@ -429,7 +433,7 @@ def main() -> None:
             print("weekly", flush=True)
             out["weekly"] = weekly(work, args.customers, [int(w) for w in args.weeks.split(",")],
                                    [int(w) for w in args.legacy_weeks.split(",") if w], args.rounds,
-                                   args.baseline_rev)
+                                   args.baseline_rev, tuple(int(w) for w in args.window_weeks.split(",")))
         if "threads" in parts:
             print("threads", flush=True)
             out["threads"] = threads(work, args.thread_customers, args.thread_rounds)

@@ -76,7 +76,7 @@ def in_process(model, predictor, record: dict, batch: list[dict]) -> dict:
     checked = model.schema.parse(body)
     numeric, texts = checked.records.numeric[0].tolist(), checked.records.categories[0]
     frame = pd.DataFrame([record])
-    return {
+    timings = {
         "single_request_us": per_call_us(lambda: orjson.dumps(score(model, model.schema.parse(body))), 2000),
         "fast_path_only_us": per_call_us(lambda: model.predict_one(numeric, texts), 2000),
         "baseline_dataframe_us": per_call_us(lambda: predictor.predict_proba(frame), 50),
@@ -84,6 +84,15 @@ def in_process(model, predictor, record: dict, batch: list[dict]) -> dict:
                                1e-3),
         "batch_10k_baseline_ms": scaled(per_call_us(lambda: predictor.predict_proba(pd.DataFrame(batch)), 3), 1e-3),
     }
+    tables = getattr(model.compiled.scorer, "leaf_tables", None) if model.compiled else None
+    if tables is not None:  # the same batch with scikit-learn's tree walk, for comparison
+        model.compiled.scorer.leaf_tables = None
+        try:
+            timings["batch_10k_walk_ms"] = scaled(
+                per_call_us(lambda: orjson.dumps(score(model, model.schema.parse(batch_body))), 3), 1e-3)
+        finally:
+            model.compiled.scorer.leaf_tables = tables
+    return timings
 
 
 def wrk(port: int, record: dict, connections: int, seconds: int, workdir: Path) -> dict:
@@ -184,13 +193,32 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
+def in_process_only(customers: int) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="churn-serve-bench-"))
+    try:
+        registry = ModelRegistry(workdir / "registry")
+        frames = sample_frames(n_customers=customers)
+        batch = bench_records(12_000)[:10_000]
+        for family in FAMILIES:
+            predictor = train_family(frames, family)
+            pointer = registry.promote(register(registry, predictor).version, "benchmark")
+            model = load_serving_model(registry, pointer, max_batch=10_000)
+            print(f"{family}: {json.dumps(in_process(model, predictor, dict(batch[0]), batch))}", flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=1000, help="simulated customers to train on")
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="wrk runs per target and concurrency")
     parser.add_argument("--json", type=Path, help="write the results here too")
+    parser.add_argument("--in-process-only", action="store_true", help="skip the HTTP runs (no wrk needed)")
     ns = parser.parse_args()
+    if ns.in_process_only:
+        return in_process_only(ns.customers)
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
     results = {"machine": machine(), "families": {}}

@@ -23,6 +23,7 @@ from churn_assets.core.uncertainty import delong_test, paired_bootstrap
 from churn_assets.health import plots as health_plots
 from churn_assets.health.card import render_model_card
 from churn_assets.health.importance import permutation_importance_raw
+from churn_assets.serving.fast_path import batch_scorer
 from churn_assets.storage.atomic import atomic_write_bytes
 from churn_assets.storage.candidates import CandidateLog
 from churn_assets.storage.registry import ModelRegistry, ModelVersion, RegistryError
@@ -70,9 +71,13 @@ def calibration_errors(y_true, proba_challenger, proba_champion=None) -> dict[st
 
 
 def importance_rows(predictor, holdout: pd.DataFrame, y_true, seed: int = 0) -> list[tuple[str, float, float]]:
-    """Raw-feature permutation importance on the holdout (ROC AUC drop); empty when undefined."""
+    """Raw-feature permutation importance on the holdout (ROC AUC drop); empty when undefined.
+
+    Scored by the serving fast path (what production answers with, equal to the pipeline
+    within 1e-9): the pandas pipeline spent ~30 ms per call on its own overhead, 1.3 s of
+    the 43 calls at 3,000 rows."""
     try:
-        return permutation_importance_raw(predictor.predict_proba, holdout, y_true, predictor.spec.feature_columns,
+        return permutation_importance_raw(batch_scorer(predictor), holdout, y_true, predictor.spec.feature_columns,
                                           n_repeats=IMPORTANCE_REPEATS, seed=seed, max_rows=IMPORTANCE_ROWS)
     except ValueError:  # one class on the holdout: no ranking to lose
         return []

@@ -7,7 +7,7 @@ import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from churn_assets.serving import leaf_tables
-from churn_assets.serving.fast_path import _Forest
+from churn_assets.serving.scorers import ForestScorer
 from churn_assets.serving.leaf_tables import LeafTables, TooManyLeaves
 
 
@@ -76,7 +76,7 @@ def test_trees_with_more_leaves_than_a_mask_holds_are_refused(rows):
     assert max(int(p[0].nodes["is_leaf"].sum()) for p in clf._predictors) > 64
     with pytest.raises(TooManyLeaves):
         LeafTables(clf)
-    forest = _Forest(clf)  # the fast path falls back to scikit-learn's walk
+    forest = ForestScorer(clf)  # the fast path falls back to scikit-learn's walk
     assert forest.leaf_tables is None
     filled = np.nan_to_num(X)
     assert np.array_equal(forest.raw_many(filled), clf._raw_predict(filled)[:, 0])

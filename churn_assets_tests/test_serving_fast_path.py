@@ -161,14 +161,15 @@ def test_batch_scoring_of_raw_frames_equals_the_pipeline(trained):
 def test_batch_scoring_split_across_threads_equals_the_pipeline(trained):
     """The forest's large-batch path (one thread per part, each encoding and walking its
     own rows) gives the pipeline's numbers, in the records' order."""
-    from churn_assets.serving.fast_path import CompiledChurnModel, _Forest
+    from churn_assets.serving.fast_path import CompiledChurnModel
+    from churn_assets.serving.scorers import ForestScorer
 
     records = pd.concat([messy_records(n_customers=600, seed=6)] * 3, ignore_index=True)
     forests = [p for p in trained if p.family == "hist_gradient_boosting"]
     assert forests
     for predictor in forests:
         compiled = CompiledChurnModel(predictor)
-        assert isinstance(compiled.scorer, _Forest)
+        assert isinstance(compiled.scorer, ForestScorer)
         compiled.scorer.threads = 3  # force the split whatever this machine's CPU count
         assert compiled.scorer.parts(len(records)) == 3, len(records)
         fast = compiled.predict_frame(records)

@@ -5,6 +5,7 @@ must not change: the stored history, the error of a bad batch (and that nothing 
 written), and the rows, in order, that training is handed.
 """
 
+import errno
 import math
 
 import pandas as pd
@@ -48,6 +49,61 @@ def test_the_batch_really_is_cut_into_many_chunks(batch):
     assert len(chunks) > 5  # otherwise the tests below would compare one-shot with one-shot
     assert [last for _, last in chunks] == [False] * (len(chunks) - 1) + [True]
     assert sum(len(c) for c, _ in chunks) == len(batch)
+
+
+def validation_calls(monkeypatch) -> list[int]:
+    """Rows of every validate_records call from now on (the real function still runs)."""
+    calls, real = [], validation.validate_records
+
+    def counted(records, spec):
+        calls.append(len(records))
+        return real(records, spec)
+
+    monkeypatch.setattr(validation, "validate_records", counted)
+    return calls
+
+
+def chunks_validated_directly(batch) -> list[pd.DataFrame]:
+    positions, timestamps = validation._week_chunks(batch, SPEC, 700)
+    return [validate_records(validation._chunk(batch, timestamps, p, SPEC), SPEC) for p in positions]
+
+
+def test_each_chunk_is_validated_once_and_comes_back_from_disk_exactly(batch, tmp_path, monkeypatch):
+    expected = chunks_validated_directly(batch)
+    calls = validation_calls(monkeypatch)
+    got = list(validated_chunks(batch, SPEC, chunk_rows=700, spill_dir=tmp_path))
+    assert len(calls) == len(expected)  # not twice: the second pass reads the spilled chunks
+    assert len(got) == len(expected)
+    for (frame, _), direct in zip(got, expected):
+        pd.testing.assert_frame_equal(frame, direct, check_exact=True)
+    assert list(tmp_path.iterdir()) == []  # nothing left on disk
+
+
+@pytest.mark.parametrize("trouble", ["disk full", "no spill directory"])
+def test_chunks_that_cannot_be_spilled_are_validated_again(batch, tmp_path, monkeypatch, trouble):
+    expected = chunks_validated_directly(batch)
+    spill_dir = tmp_path
+    if trouble == "disk full":
+        def full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(validation.pq, "write_table", full)
+    else:
+        spill_dir = tmp_path / "not-there"
+    calls = validation_calls(monkeypatch)
+    got = list(validated_chunks(batch, SPEC, chunk_rows=700, spill_dir=spill_dir))
+    assert len(calls) == 2 * len(expected)
+    for (frame, _), direct in zip(got, expected):
+        pd.testing.assert_frame_equal(frame, direct, check_exact=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_caller_that_stops_early_leaves_no_spilled_chunks(batch, tmp_path):
+    chunks = validated_chunks(batch, SPEC, chunk_rows=700, spill_dir=tmp_path)
+    next(chunks)
+    [spill] = tmp_path.iterdir()
+    assert len(list(spill.iterdir())) > 3  # the chunks not yet handed out wait there
+    chunks.close()  # what a failed upsert does to the generator
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_chunked_store_gives_the_one_shot_history(batch, tmp_path):

@@ -14,10 +14,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
+def round_trips_as_parquet(frame: pd.DataFrame) -> bool:
+    """Whether Parquet gives ``frame`` back unchanged: not when it is empty, has object
+    columns (they may mix 1 and "1"), or has non-string column names."""
+    return not (frame.empty or any(d == object for d in frame.dtypes)
+                or not all(isinstance(c, str) for c in frame.columns))
+
+
 def parquet_bytes(frame: pd.DataFrame) -> bytes | None:
-    """``frame`` as Parquet, or None when Parquet would not give it back unchanged:
-    empty, object columns (they may mix 1 and "1"), or non-string column names."""
-    if frame.empty or any(d == object for d in frame.dtypes) or not all(isinstance(c, str) for c in frame.columns):
+    """``frame`` as Parquet, or None when Parquet would not give it back unchanged."""
+    if not round_trips_as_parquet(frame):
         return None
     sink = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pandas(frame), sink)

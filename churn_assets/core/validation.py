@@ -8,15 +8,20 @@ together, each naming its column and check.
 from __future__ import annotations
 
 import re
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow
+import pyarrow.parquet as pq
 from pandera.errors import SchemaErrors
 
 from churn_assets.core.categories import as_text
 from churn_assets.core.features import to_float
+from churn_assets.core.frame_pickle import round_trips_as_parquet
 from churn_assets.core.spec import LABEL, FeatureSpec, churn_label
 
 
@@ -24,8 +29,8 @@ from churn_assets.core.spec import LABEL, FeatureSpec, churn_label
 # chunk, not the batch, bounds the memory of validation (BENCHMARKS.md, "History at scale").
 CHUNK_ROWS = 1_000_000
 # A default-chunked batch of up to this many chunks' rows is validated in one frame: the
-# chunked path validates every row twice (all chunks before the first is stored), which
-# at 1 M rows cost more time (3.5 -> 5.9 s) than the memory it saved (1.40 -> 1.28 GiB).
+# chunked path validated every row twice then (all chunks before the first is stored),
+# which at 1 M rows cost more time (3.5 -> 5.9 s) than the memory it saved (1.40 -> 1.28 GiB).
 ONE_FRAME_CHUNKS = 3
 
 
@@ -164,8 +169,8 @@ def validate_records(records: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     return valid
 
 
-def validated_chunks(records: pd.DataFrame, spec: FeatureSpec,
-                     chunk_rows: int | None = None) -> Iterator[tuple[pd.DataFrame, bool]]:
+def validated_chunks(records: pd.DataFrame, spec: FeatureSpec, chunk_rows: int | None = None,
+                     spill_dir: str | Path | None = None) -> Iterator[tuple[pd.DataFrame, bool]]:
     """``validate_records`` of the batch, yielded in chunks of whole snapshot weeks
     (oldest first, about ``chunk_rows`` rows each, default ``CHUNK_ROWS``) as
     ``(validated chunk, is_last)``. With the default, a batch of at most
@@ -175,8 +180,11 @@ def validated_chunks(records: pd.DataFrame, spec: FeatureSpec,
     once (13.7 GiB for 15.6 M rows, BENCHMARKS.md "History at scale"); a chunk bounds
     that by its size. All or nothing, as before: every chunk is checked before the first
     is yielded, so a caller that stores each chunk as it comes stores nothing from a
-    batch with a bad row; the chunks are then validated again one at a time, since
-    keeping them all would cost what chunking saves.
+    batch with a bad row. Each validated chunk waits in a temporary Parquet file
+    (``spill_dir``, default the system's temporary directory) until it is yielded:
+    keeping them in memory would cost what chunking saves, validating them twice cost
+    1.2-1.9x the time. A chunk that cannot be spilled exactly (an object column, a full
+    disk) is validated again instead.
 
     Chunks give exactly the one-shot result: a key (customer, date) lies in one week, so
     the uniqueness check sees all its rows; the other checks judge rows one by one, or ask
@@ -195,21 +203,60 @@ def validated_chunks(records: pd.DataFrame, spec: FeatureSpec,
         yield validate_records(records, spec), True
         return
     first_dtypes = None
-    for positions in chunks:
-        try:
-            valid = validate_records(_chunk(records, timestamps, positions, spec), spec)
-        except RecordValidationError:
-            yield validate_records(records, spec), True  # raises the one-shot's error
-            return
-        if first_dtypes is None:
-            first_dtypes = valid.dtypes
-        elif not valid.dtypes.equals(first_dtypes):  # cannot happen for slices of one frame;
-            yield validate_records(records, spec), True  # if it does, trust the one-shot
-            return
-        del valid
-    for index, positions in enumerate(chunks):
-        valid = validate_records(_chunk(records, timestamps, positions, spec), spec)
-        yield valid, index == len(chunks) - 1
+    try:
+        spill = tempfile.TemporaryDirectory(prefix="churn-validated-", dir=spill_dir)
+    except OSError:  # no writable temporary directory: every chunk is validated again
+        spill = None
+    try:
+        spilled: list[Path | None] = []
+        for index, positions in enumerate(chunks):
+            try:
+                valid = validate_records(_chunk(records, timestamps, positions, spec), spec)
+            except RecordValidationError:
+                yield validate_records(records, spec), True  # raises the one-shot's error
+                return
+            if first_dtypes is None:
+                first_dtypes = valid.dtypes
+            elif not valid.dtypes.equals(first_dtypes):  # cannot happen for slices of one frame;
+                yield validate_records(records, spec), True  # if it does, trust the one-shot
+                return
+            spilled.append(_spill(valid, Path(spill.name) / f"{index}.parquet") if spill else None)
+            del valid
+        for index, (positions, path) in enumerate(zip(chunks, spilled)):
+            valid = _unspill(path, first_dtypes)
+            if valid is None:
+                valid = validate_records(_chunk(records, timestamps, positions, spec), spec)
+            yield valid, index == len(chunks) - 1
+    finally:  # also when the caller stops early (a failed upsert closes the generator)
+        if spill is not None:
+            spill.cleanup()
+
+
+def _spill(valid: pd.DataFrame, path: Path) -> Path | None:
+    """``valid`` written to ``path`` as Parquet, or None where Parquet might not give it
+    back unchanged or the write failed."""
+    if not round_trips_as_parquet(valid):
+        return None
+    try:
+        pq.write_table(pyarrow.Table.from_pandas(valid), path)
+    except OSError:  # a full or read-only temporary directory: validate the chunk again
+        path.unlink(missing_ok=True)
+        return None
+    return path
+
+
+def _unspill(path: Path | None, dtypes: pd.Series) -> pd.DataFrame | None:
+    """The chunk ``_spill`` wrote, or None if there is none or it did not come back with
+    the validated dtypes."""
+    if path is None:
+        return None
+    try:
+        frame = pq.read_table(path).to_pandas()
+    except OSError:
+        return None
+    finally:
+        path.unlink(missing_ok=True)  # its rows are in memory now; free the disk early
+    return frame if frame.dtypes.equals(dtypes) else None
 
 
 def _week_chunks(records: pd.DataFrame, spec: FeatureSpec,

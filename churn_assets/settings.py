@@ -36,6 +36,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
                       model_validator)
 
 from churn_assets.core.gate import DEFAULT_RULES, GateRule
+from churn_assets.core.home_url import check_home_url, url_scheme
 from churn_assets.core.metrics import METRIC_NAMES
 from churn_assets.core.spec import FeatureSpec, SpecError, load_spec
 
@@ -334,15 +335,9 @@ class Settings(_Strict):
         if not isinstance(value, (str, os.PathLike)) and not hasattr(value, "protocol"):
             raise ValueError(f"must be a local path or an s3:// URL, not {type(value).__name__}")
         text = value if isinstance(value, str) else str(value)
-        scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", text)
-        if scheme is None:
+        if url_scheme(text) is None:
             return Path(text).expanduser()
-        if scheme.group(1).lower() != "s3":
-            raise ValueError(f"{text!r}: the data directory must be a local path or an s3:// URL,"
-                             f" not {scheme.group(1)}://")
-        if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?", text):
-            raise ValueError(f"{text!r}: not an s3://bucket/prefix URL (bucket names are 3-63"
-                             " lower-case letters, digits, dots and hyphens)")
+        check_home_url(text)
         from upath import UPath
 
         return UPath(text.rstrip("/"))

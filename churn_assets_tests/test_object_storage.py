@@ -95,6 +95,8 @@ def test_home_may_be_an_s3_url_and_other_schemes_are_refused_at_load_time(tmp_pa
     for bad, why in (("gs://churn-data/x", "not gs://"), ("s3://Bad_Bucket/x", "bucket names")):
         with pytest.raises(SettingsError, match=f"home: .*{why}"):
             load_settings({"CHURN_ASSETS_HOME": bad})
+        with pytest.raises(ValueError, match=why):  # a location handed to storage in code
+            location.location(bad)
     # A local home is unchanged: a plain pathlib.Path, relative to the config file.
     config.write_text('home = "data"\n')
     assert load_settings({"CHURN_ASSETS_CONFIG": str(config)}).home == tmp_path / "data"

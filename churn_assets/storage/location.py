@@ -20,11 +20,10 @@ from the standard AWS settings (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path, PurePath
 
-SUPPORTED_SCHEMES = ("s3",)
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+from churn_assets.core.home_url import check_home_url, url_scheme
+
 # A conditional append that keeps losing the race is a bug or a storm of writers; give up
 # loudly instead of spinning.
 APPEND_ATTEMPTS = 20
@@ -40,19 +39,7 @@ def scheme_of(value) -> str | None:
         return None
     if not isinstance(value, str):
         return getattr(value, "protocol", None) or None
-    match = _SCHEME.match(value)
-    return match.group(1).lower() if match else None
-
-
-def check_scheme(value: str) -> None:
-    """Raise ValueError naming the URL if its scheme is not one the data directory supports."""
-    scheme = scheme_of(value)
-    if scheme is not None and scheme not in SUPPORTED_SCHEMES:
-        raise ValueError(f"{value!r}: the data directory must be a local path or an"
-                         f" {' / '.join(s + '://' for s in SUPPORTED_SCHEMES)} URL, not {scheme}://")
-    if scheme == "s3" and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", value):
-        raise ValueError(f"{value!r}: not an s3://bucket/prefix URL (bucket names are 3-63"
-                         " lower-case letters, digits, dots and hyphens)")
+    return url_scheme(value)
 
 
 def is_remote(path) -> bool:
@@ -85,7 +72,7 @@ def location(value: str | os.PathLike):
     text = os.fspath(value)
     if scheme_of(text) is None:
         return Path(text).expanduser()
-    check_scheme(text)
+    check_home_url(text)
     from upath import UPath
 
     return UPath(text.rstrip("/"), **storage_options())

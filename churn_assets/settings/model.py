@@ -1,57 +1,25 @@
-"""Project settings: one typed model of the whole TOML configuration.
-
-Everything has a default that runs the embedded simulator offline. A TOML file named by
-``CHURN_ASSETS_CONFIG`` overrides the defaults (see ``examples/telco.toml`` and
-docs/configuration.md). Every unknown key, wrong type or impossible value fails here, at
-load time, as a ``SettingsError`` naming the file, the dotted key and the reason, with a
-"did you mean" for misspelled keys; nothing runs on a configuration that was not read as
-written. Two environment variables override single values:
-
-- ``CHURN_ASSETS_HOME``: the data directory (history, registry, Dagster instance);
-  default ``~/.churn_assets``.
-- ``CHURN_ASSETS_TIMEZONE``: the weekly schedule's timezone (default UTC).
-
-Per-run values (the data's "as of" date, model families, seed) are Dagster run config,
-not settings: a long-lived code server must not keep a stale value.
-
-Secrets never go in the TOML file: the HTTP source's token and a SQL URL with a password
-are read from the variables that ``source.token_env`` / ``source.url_env`` name, and
-failure alerts go to ``CHURN_ASSETS_ALERT_WEBHOOK`` (docs/ingestion.md).
-"""
+"""The settings model: every section of the TOML file as a strict pydantic model, and
+``Settings``, the whole of it. ``loading.py`` builds it from the file and the environment."""
 
 from __future__ import annotations
 
-import datetime as dt
-import difflib
-import glob
 import math
 import os
 import re
-import tomllib
 import zoneinfo
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from churn_assets.core.gate import DEFAULT_RULES, GateRule
 from churn_assets.core.home_url import check_home_url, url_scheme
 from churn_assets.core.metrics import METRIC_NAMES
 from churn_assets.core.spec import FeatureSpec, SpecError, load_spec
+from churn_assets.settings.base import StrictModel
+from churn_assets.settings.sources import SimulatorSourceSettings, SourceSettings
 
 DEFAULT_HOME = "~/.churn_assets"
-CONFIG_ENV = "CHURN_ASSETS_CONFIG"
-
-
-class SettingsError(ValueError):
-    """A configuration value that cannot be used, named with its file and key."""
-
-
-class _Strict(BaseModel):
-    # Unknown keys are errors: a misspelled key silently falling back to a default is
-    # the worst kind of configuration bug.
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _finite(value: float | None) -> float | None:
@@ -60,85 +28,7 @@ def _finite(value: float | None) -> float | None:
     return value
 
 
-class SimulatorSourceSettings(_Strict):
-    """The built-in simulated customer base (offline, deterministic)."""
-
-    kind: Literal["simulator"] = "simulator"
-    n_customers: int = Field(3000, ge=10, le=50_000_000)
-    start_date: dt.date = dt.date(2026, 1, 5)
-    seed: int = 7
-    # Default "today" of the data; a run's `as_of` run config overrides it.
-    as_of: dt.date | None = None
-
-
-class FileSourceSettings(_Strict):
-    """A CSV or Parquet export: a path or a glob, relative to the configuration file."""
-
-    kind: Literal["file"]
-    path: str
-    snapshot_weeks: int = Field(0, ge=0, le=520)
-    snapshot_end: dt.date = dt.date(2026, 1, 5)
-    # The data's "today": labels of snapshots within the label horizon before it are
-    # provisional. Empty: the latest snapshot in the export.
-    as_of: dt.date | None = None
-
-
-class HttpSourceSettings(_Strict):
-    """A REST API (docs/ingestion.md); the token comes from the variable ``token_env``."""
-
-    kind: Literal["http"]
-    base_url: str
-    token_env: str = "CHURN_ASSETS_API_TOKEN"
-    page_size: int = Field(5000, ge=1, le=100_000)
-    connect_timeout: float = Field(5.0, gt=0)
-    read_timeout: float = Field(30.0, gt=0)
-    max_retries: int = Field(5, ge=0, le=20)
-    read_retries: int = Field(1, ge=0, le=20)
-    backoff_factor: float = Field(0.5, ge=0)
-    backoff_max: float = Field(30.0, ge=0)
-    max_retry_after: int = Field(300, ge=0)
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^\s/]+", value):
-            raise ValueError(f"must be an http:// or https:// URL, not {value!r}")
-        if re.match(r"^https?://[^/@\s]*:[^/@\s]*@", value):
-            raise ValueError("must not carry a password; put the token in the variable"
-                             " that source.token_env names")
-        return value.rstrip("/")
-
-
-class SqlSourceSettings(_Strict):
-    """A table or query in a SQL database (SQLAlchemy URL); one of url, url_env, path."""
-
-    kind: Literal["sql"]
-    url: str | None = None
-    url_env: str | None = None
-    path: str | None = None  # SQLite file, relative to the configuration file
-    table: str | None = None
-    query: str | None = None
-    updated_at_column: str = ""
-    chunk_size: int = Field(50_000, ge=1)
-    as_of: dt.date | None = None
-
-    @model_validator(mode="after")
-    def _one_of_each(self):
-        if sum(v is not None for v in (self.url, self.url_env, self.path)) != 1:
-            raise ValueError("needs exactly one of url, url_env (a variable holding the URL)"
-                             " or path (a SQLite file)")
-        if (self.table is None) == (self.query is None):
-            raise ValueError("needs exactly one of table or query")
-        return self
-
-
-SourceSettings = Annotated[
-    Union[SimulatorSourceSettings, FileSourceSettings, HttpSourceSettings, SqlSourceSettings],
-    Field(discriminator="kind"),
-]
-
-
-class WindowSettings(_Strict):
+class WindowSettings(StrictModel):
     """How the history is cut into weeks: train + validation = the training window."""
 
     training_window_weeks: int = Field(12, ge=2, le=520)
@@ -153,7 +43,7 @@ class WindowSettings(_Strict):
         return self
 
 
-class GateRuleSettings(_Strict):
+class GateRuleSettings(StrictModel):
     metric: Literal[METRIC_NAMES]  # type: ignore[valid-type]
     floor: float | None = None
     max_regression: float | None = None
@@ -196,7 +86,7 @@ def _default_rules() -> list[GateRuleSettings]:
     return [GateRuleSettings.from_rule(r) for r in DEFAULT_RULES]
 
 
-class GateSettings(_Strict):
+class GateSettings(StrictModel):
     rules: list[GateRuleSettings] = Field(default_factory=_default_rules, min_length=1)
 
 
@@ -219,7 +109,7 @@ def check_cron(expression: str) -> str:
     return expression
 
 
-class ScheduleSettings(_Strict):
+class ScheduleSettings(StrictModel):
     cron: str = "0 3 * * 1"
     timezone: str = "UTC"
 
@@ -239,14 +129,14 @@ class ScheduleSettings(_Strict):
         return value
 
 
-class SensorSettings(_Strict):
+class SensorSettings(StrictModel):
     # None: on for the HTTP and SQL sources, off for the simulator and files.
     enabled: bool | None = None
     min_new_records: int = Field(1000, ge=1)
     interval_seconds: int = Field(300, ge=30)
 
 
-class DagsterSettings(_Strict):
+class DagsterSettings(StrictModel):
     """Where Dagster keeps its runs and how it executes steps (docs/deploy.md)."""
 
     # in_process: one process, milliseconds per step (the default: the graph is a chain).
@@ -273,7 +163,7 @@ class DagsterSettings(_Strict):
         return self
 
 
-class ScoresSettings(_Strict):
+class ScoresSettings(StrictModel):
     """The weekly churn-risk list (`churn_scores`): who is scored and where it goes."""
 
     # Customers whose newest snapshot is this close to the newest snapshot of all: the
@@ -285,7 +175,7 @@ class ScoresSettings(_Strict):
     sql_table: str = Field("churn_scores", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
-class MonitoringSettings(_Strict):
+class MonitoringSettings(StrictModel):
     """Production-model health: drift (PSI) thresholds, allowed AUC decay, the sensor."""
 
     psi_watch: float = Field(0.1, ge=0, allow_inf_nan=False)
@@ -310,7 +200,7 @@ class MonitoringSettings(_Strict):
         return self
 
 
-class Settings(_Strict):
+class Settings(StrictModel):
     """The whole configuration; ``load_settings`` builds it from the TOML file."""
 
     model_config = ConfigDict(extra="forbid", frozen=False)
@@ -377,127 +267,3 @@ class Settings(_Strict):
         """A copy with other gate rules (``GateRule`` objects)."""
         return self.model_copy(update={"gate": GateSettings(rules=[
             GateRuleSettings.from_rule(r) for r in rules])})
-
-
-def load_settings(environ: dict | None = None) -> Settings:
-    """Settings from ``$CHURN_ASSETS_CONFIG`` (if set) and the environment overrides."""
-    env = os.environ if environ is None else environ
-    config_path = env.get(CONFIG_ENV, "")
-    data: dict[str, Any] = {}
-    where = "default settings"
-    base = Path.cwd()
-    if config_path:
-        path = Path(config_path).expanduser()
-        where = str(path)
-        if not path.is_file():
-            raise SettingsError(f"{CONFIG_ENV}={config_path!r}: no such file")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise SettingsError(f"{path}: not valid TOML: {exc}") from None
-        base = path.resolve().parent
-    data = _resolve_paths(data, base)
-    if env.get("CHURN_ASSETS_HOME"):
-        data["home"] = env["CHURN_ASSETS_HOME"]
-    if env.get("CHURN_ASSETS_TIMEZONE"):
-        data.setdefault("schedule", {})
-        if isinstance(data["schedule"], dict):
-            data["schedule"]["timezone"] = env["CHURN_ASSETS_TIMEZONE"]
-    try:
-        settings = Settings.model_validate(data)
-    except ValidationError as exc:
-        raise SettingsError(describe_errors(exc, where)) from None
-    if settings.source.kind == "file":
-        _check_file_glob(settings.source, where)
-    return settings
-
-
-def _resolve_paths(data: dict, base: Path) -> dict:
-    """Relative paths in the file are relative to the file, not to the working directory."""
-    data = dict(data)
-    if isinstance(data.get("home"), str) and "://" not in data["home"]:  # a URL is not relative
-        data["home"] = str(_resolve(data["home"], base))
-    if isinstance(data.get("spec"), str) and data["spec"].endswith(".json"):
-        data["spec"] = str(_resolve(data["spec"], base))
-    source = data.get("source")
-    if isinstance(source, dict):
-        source = dict(source)
-        for key in ("path",):
-            if isinstance(source.get(key), str):
-                source[key] = str(_resolve(source[key], base))
-        data["source"] = source
-    return data
-
-
-def _resolve(value: str, base: Path) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else (base / path).resolve()
-
-
-def _check_file_glob(source: FileSourceSettings, where: str) -> None:
-    pattern = source.path
-    matches = glob.glob(pattern) if any(ch in pattern for ch in "*?[") else [pattern]
-    if not any(Path(m).is_file() for m in matches):
-        raise SettingsError(f"{where}: source.path: no file matches {pattern!r}")
-
-
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    """The settings model that owns the key at ``loc`` (for "did you mean")."""
-    model: Any = Settings
-    sources = {"simulator": SimulatorSourceSettings, "file": FileSourceSettings,
-               "http": HttpSourceSettings, "sql": SqlSourceSettings}
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if model is None:
-            return None
-        if part in sources and model is Settings.model_fields["source"]:
-            model = sources[part]
-            continue
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return model
-        annotation = field.annotation
-        if part == "source":
-            model = Settings.model_fields["source"]
-            continue
-        inner = getattr(annotation, "__args__", None)
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
-        elif inner and isinstance(inner[0], type) and issubclass(inner[0], BaseModel):
-            model = inner[0]
-        else:
-            model = None
-    return model if isinstance(model, type) else None
-
-
-def describe_errors(exc: ValidationError, where: str) -> str:
-    """One line per problem: ``file: dotted.key: reason``, with "did you mean" for typos."""
-    lines = []
-    for error in exc.errors():
-        loc = tuple(error["loc"])
-        # The discriminated union adds the source kind to the path; users never wrote it.
-        shown = [str(p) for p in loc if not (len(loc) > 1 and loc[0] == "source" and p == loc[1]
-                                           and p in ("simulator", "file", "http", "sql"))]
-        key = ".".join(shown) or "(top level)"
-        message = error["msg"]
-        if error["type"] == "extra_forbidden":
-            owner = _model_at(loc[:-1])
-            known = sorted(getattr(owner, "model_fields", {})) if owner else []
-            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-            message = "unknown key" + (f"; did you mean {close[0]!r}?" if close else "") + (
-                f" (known: {', '.join(known)})" if known else "")
-        elif error["type"] == "union_tag_invalid":
-            given = error["input"].get("kind") if isinstance(error["input"], dict) else error["input"]
-            message = (f"unknown source kind {given!r}; choose one of"
-                       " 'simulator', 'file', 'http', 'sql'")
-        elif error["type"] == "literal_error" and shown[-1:] == ["metric"]:
-            close = difflib.get_close_matches(str(error["input"]), METRIC_NAMES, n=1)
-            message = (f"unknown metric {error['input']!r}" + (f"; did you mean {close[0]!r}?" if close else "")
-                       + f" (known: {', '.join(METRIC_NAMES)})")
-        else:
-            message = message.removeprefix("Value error, ")
-            if "input" in error and error["type"] not in ("missing",) and not isinstance(error["input"], dict):
-                message += f" (got {error['input']!r})"
-        lines.append(f"{where}: {key}: {message}")
-    return "\n".join(lines)

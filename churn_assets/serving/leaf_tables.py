@@ -53,6 +53,15 @@ def _bits(low: int, high: int) -> int:
     return (1 << high) - (1 << low)
 
 
+def walked_raw(clf: HistGradientBoostingClassifier, binned: np.ndarray) -> np.ndarray:
+    """scikit-learn's own compiled walk of ``binned`` (uint8, (n_rows, n_features)) on one
+    thread: the raw score, shape (n_rows, 1), as ``_raw_predict`` computes it."""
+    raw = np.zeros((len(binned), 1), dtype=clf._baseline_prediction.dtype, order="F")
+    raw += clf._baseline_prediction
+    clf._predict_iterations(binned, clf._predictors, raw, is_binned=True, n_threads=1)
+    return raw
+
+
 class LeafTables:
     """Raw scores of a binary HistGradientBoostingClassifier from binned rows.
 
@@ -120,11 +129,7 @@ class LeafTables:
             out[start:start + len(block)] = self._raw_block(block)
         missing = (binned == self.missing_bin).any(axis=1)
         if missing.any():
-            walked = np.zeros((int(missing.sum()), 1), dtype=np.float64)
-            walked += self.clf._baseline_prediction
-            self.clf._predict_iterations(np.ascontiguousarray(binned[missing]), self.clf._predictors, walked,
-                                         is_binned=True, n_threads=1)
-            out[missing] = walked[:, 0]
+            out[missing] = walked_raw(self.clf, np.ascontiguousarray(binned[missing]))[:, 0]
         return out
 
     def _raw_block(self, block: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
-from churn_assets.serving.leaf_tables import LeafTables, TooManyLeaves
+from churn_assets.serving.leaf_tables import LeafTables, TooManyLeaves, walked_raw
 
 
 class Uncompilable(ValueError):
@@ -156,10 +156,7 @@ class ForestScorer:
         binned = self._bin(X)
         if self.leaf_tables is not None:
             return self.leaf_tables.raw(binned)[:, None]
-        raw = np.zeros((len(X), 1), dtype=self.clf._baseline_prediction.dtype, order="F")
-        raw += self.clf._baseline_prediction
-        self.clf._predict_iterations(binned, self.clf._predictors, raw, is_binned=True, n_threads=1)
-        return raw
+        return walked_raw(self.clf, binned)
 
 
 class SigmoidCalibrator:

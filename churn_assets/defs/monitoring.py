@@ -115,7 +115,7 @@ def _reference(frames: ModelingFrames, storage: ChurnStorage, spec: FeatureSpec,
     ts = spec.timestamp_column
     lo, hi = pd.Timestamp(span[0]), pd.Timestamp(span[1])
     parts = [frames.train, frames.validation, frames.holdout]
-    inside = [((f[ts].dt.normalize() >= lo) & (f[ts].dt.normalize() <= hi)).to_numpy() for f in parts]
+    inside = [f[ts].dt.normalize().between(lo, hi).to_numpy() for f in parts]
     weeks = pd.concat([week_start(f[ts][k]) for f, k in zip(parts, inside)]).nunique()
     expected = (hi - lo).days // 7 + 1
     if weeks and weeks >= 0.75 * expected:

@@ -193,22 +193,6 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
-def in_process_only(customers: int) -> int:
-    workdir = Path(tempfile.mkdtemp(prefix="churn-serve-bench-"))
-    try:
-        registry = ModelRegistry(workdir / "registry")
-        frames = sample_frames(n_customers=customers)
-        batch = bench_records(12_000)[:10_000]
-        for family in FAMILIES:
-            predictor = train_family(frames, family)
-            pointer = registry.promote(register(registry, predictor).version, "benchmark")
-            model = load_serving_model(registry, pointer, max_batch=10_000)
-            print(f"{family}: {json.dumps(in_process(model, predictor, dict(batch[0]), batch))}", flush=True)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 0
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=1000, help="simulated customers to train on")
@@ -217,9 +201,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write the results here too")
     parser.add_argument("--in-process-only", action="store_true", help="skip the HTTP runs (no wrk needed)")
     ns = parser.parse_args()
-    if ns.in_process_only:
-        return in_process_only(ns.customers)
-    if shutil.which("wrk") is None:
+    if not ns.in_process_only and shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
     results = {"machine": machine(), "families": {}}
     print(json.dumps(results["machine"]), flush=True)
@@ -237,6 +219,9 @@ def main() -> int:
             model = load_serving_model(registry, pointer, max_batch=10_000)
             entry = {"version": version.version, "in_process": in_process(model, predictor, record, batch)}
             print(f"{family}: {json.dumps(entry['in_process'])}", flush=True)
+            results["families"][family] = entry
+            if ns.in_process_only:
+                continue
             server = ServerProcess(registry.root, workdir / f"serve-{family}.log", workers=2)
             process = None
             try:
@@ -250,10 +235,10 @@ def main() -> int:
                 server.stop()
                 if process is not None:
                     stop(process)
-            results["families"][family] = entry
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(markdown(results))
+    if not ns.in_process_only:  # the table compares HTTP runs
+        print(markdown(results))
     if ns.json:
         ns.json.write_text(json.dumps(results, indent=2))
     return 0

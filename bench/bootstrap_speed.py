@@ -26,7 +26,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from churn_assets.core.uncertainty import BOOTSTRAP_METRICS, delong_test, paired_bootstrap  # noqa: E402
+from churn_assets.core.bootstrap import BOOTSTRAP_METRICS, paired_bootstrap  # noqa: E402
+from churn_assets.core.uncertainty import delong_test  # noqa: E402
 
 METRIC_SETS = {
     "brier_score+log_loss": ("brier_score", "log_loss"),

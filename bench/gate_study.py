@@ -1,26 +1,28 @@
-"""How often the deployment gate's ROC AUC rule refuses a challenger that is no worse,
-and how often it lets a really worse one through, by holdout size.
+"""How the deployment gate's rules err inside the real weekly loop.
 
-    OMP_NUM_THREADS=1 nohup python bench/gate_study.py > /tmp/gate_study.log 2>&1 &
-    python bench/gate_study.py --trials 100 --customers 20000 --minutes 2   # a quick look
+    OMP_NUM_THREADS=1 nohup python bench/gate_study.py --customers 1000 3000 --seeds 7 11 \
+        --json bench/results/gate-study-DATE.json > /tmp/gate_study.log 2>&1 &
+    python bench/gate_study.py --rules-only bench/results/gate-study-DATE.json   # re-judge stored runs
 
-Data: one big simulated customer base (``--customers``, seed 11) up to the conftest
-FIRST_WEEK; its 12 training weeks are the training pool, its 2 holdout weeks the
-holdout pool (one snapshot per customer per week, as the real holdout has). Both are
-preprocessed once, with ``build_preprocessor`` fitted on the training pool, so each
-trial only fits logistic regressions (``make_classifier``) on fixed matrices.
+The loop is the real one (``health.backtest``'s ingredients): for each weekly ``as_of``
+on the simulator, ``train_challenger`` trains a challenger with the default families
+(family choice, calibration choice, the evaluated and the deployed fit), and
+``evaluate_holdout`` compares it with a week-old champion (last week's challenger, as in
+a weekly loop) and the recent versions, on a holdout where most customers appear in
+both weeks, with customer-grouped inference. Two sabotaged challengers are trained on
+the same weeks with part of the signal destroyed in every training row (the columns
+shuffled across rows: what a broken export column does): "mild" (support tickets),
+"moderate" (sessions) and "severe" (sessions, orders and support tickets).
 
-Each trial draws disjoint training samples of ``--train-rows`` rows and fits: the
-champion; a "same" challenger, all features on a fresh sample of the same distribution
-(no real change); a "half data" challenger, all features on half as many rows (a true
-drop of about 0.001, within every tolerance studied: a challenger the gate should also
-accept); a "drop" challenger on a fresh sample without the raw features whose removal
-costs about 0.02 ROC AUC (a real regression). For each
-holdout size it draws a fresh holdout from the pool, scores the three models and asks
-``core.gate.evaluate_gate`` with the real rules, the noninferiority ones fed the
-DeLong comparison (``core.uncertainty.delong_test``), as ``evaluation_report`` does.
-Reported: the share of "same" and "half data" challengers refused (false refusals)
-and of "drop" challengers accepted (missed regressions), with a 95% Wilson interval.
+The truth of each comparison is what the deployed fits then did: the mean ROC AUC of the
+challenger's and the champion's deployed fits on the four weeks after ``as_of``, once
+their labels are final. Every rule set is judged on the stored comparisons with the real
+``evaluate_gate``:
+
+- false refusal: an honest challenger refused although it was not worse in truth by
+  more than ``--not-worse`` (0.005);
+- missed regression: a sabotaged challenger accepted although it was worse in truth by
+  at least ``--worse`` (0.02).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # the shared 2-core machine
 
 import argparse  # noqa: E402
 import datetime as dt  # noqa: E402
-import itertools  # noqa: E402
+import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
@@ -40,161 +42,183 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from churn_assets.core.features import build_preprocessor  # noqa: E402
-from churn_assets.core.gate import GateRule, evaluate_gate  # noqa: E402
+from churn_assets.core.encoding import fit_preprocessor  # noqa: E402
+from churn_assets.core.evaluation import contender, evaluate_holdout  # noqa: E402
+from churn_assets.core.gate import DEFAULT_RULES, GateRule, evaluate_gate  # noqa: E402
+from churn_assets.core.metrics import churn_metrics  # noqa: E402
 from churn_assets.core.spec import LABEL, load_spec  # noqa: E402
-from churn_assets.core.training import WindowPlan, make_classifier, split_by_time  # noqa: E402
-from churn_assets.core.uncertainty import delong_test  # noqa: E402
+from churn_assets.core.training import MODEL_FAMILIES, WindowPlan, split_by_time, train_challenger  # noqa: E402
 from churn_assets.core.validation import validate_records  # noqa: E402
+from churn_assets.health.production import week_start  # noqa: E402
 from churn_assets.sources.simulation import SimulatorSettings, simulate  # noqa: E402
 
-AS_OF = "2026-05-04"  # conftest FIRST_WEEK
-TARGET_DROP = 0.02
-RULES = {
-    "point, drop <= 0.005": GateRule("roc_auc", max_regression=0.005),
-    "noninferiority 0.005 @95%": GateRule("roc_auc", max_regression=0.005, mode="noninferiority"),
-    "noninferiority 0.0025 @95%": GateRule("roc_auc", max_regression=0.0025, mode="noninferiority"),
-    "noninferiority 0.01 @95%": GateRule("roc_auc", max_regression=0.01, mode="noninferiority"),
-    "noninferiority 0 @95%": GateRule("roc_auc", max_regression=0.0, mode="noninferiority"),
-}
+SABOTAGE = {"mild": ["support_tickets_last_90d"], "moderate": ["sessions_last_30d"],
+            "severe": ["sessions_last_30d", "orders_last_30d", "support_tickets_last_90d"]}
+FLOORS = [GateRule("roc_auc", floor=0.70), GateRule("pr_auc", floor=0.20)]
 
 
-def pools(customers: int, seed: int):
+def rule_sets() -> dict[str, list[GateRule]]:
+    """Candidate rule sets; each also keeps the floors."""
+    out = {}
+    for allowance in (0.0, 0.0025, 0.005, 0.01):
+        out[f"roc noninf {allowance}"] = [GateRule("roc_auc", max_regression=allowance, mode="noninferiority")]
+    out["roc point 0.005"] = [GateRule("roc_auc", max_regression=0.005, mode="point")]
+    for recent in (0.005, 0.01, 0.02):
+        out[f"roc noninf 0.0025 + best recent {recent}"] = [
+            GateRule("roc_auc", max_regression=0.0025, mode="noninferiority"),
+            GateRule("roc_auc", max_regression=recent, against="best_recent")]
+    out["roc noninf 0.0025 + pr point 0.01"] = [
+        GateRule("roc_auc", max_regression=0.0025, mode="noninferiority"),
+        GateRule("pr_auc", max_regression=0.01, mode="point")]
+    out["roc noninf 0.0025 + pr noninf 0.01"] = [
+        GateRule("roc_auc", max_regression=0.0025, mode="noninferiority"),
+        GateRule("pr_auc", max_regression=0.01, mode="noninferiority")]
+    for skill in (0.01, 0.02):
+        out[f"roc noninf 0.0025 + brier skill noninf {skill}"] = [
+            GateRule("roc_auc", max_regression=0.0025, mode="noninferiority"),
+            GateRule("brier_skill", max_regression=skill, mode="noninferiority")]
+    out["default (core.gate.DEFAULT_RULES)"] = list(DEFAULT_RULES)
+    return out
+
+
+def shuffled(frames, columns: list[str], seed: int):
+    """``frames`` with ``columns`` permuted across the rows of every labelled frame."""
+    import copy
+
+    out = copy.copy(frames)
+    rng = np.random.default_rng(seed)
+    for name in ("train", "embargo", "validation", "holdout"):
+        frame = getattr(frames, name).copy()
+        for column in columns:
+            frame[column] = rng.permutation(frame[column].to_numpy())
+        setattr(out, name, frame)
+    return out
+
+
+def realized(model, records, weeks_index, weeks: list[str], final_until) -> float | None:
+    values = []
+    for week in weeks:
+        index = weeks_index.get(week)
+        if index is None:
+            continue
+        rows = records.iloc[index]
+        if rows["snapshot_date"].max() > final_until:
+            continue
+        y = rows[LABEL].to_numpy()
+        if np.unique(y).size == 2:
+            values.append(churn_metrics(y, model.predict_proba(rows), model.threshold)["roc_auc"])
+    return float(np.mean(values)) if values else None
+
+
+def study(customers: int, seed: int, start: str, end: str, say) -> list[dict]:
     spec = load_spec("simulator")
-    raw = simulate(SimulatorSettings(n_customers=customers, seed=seed), AS_OF)
-    frames = split_by_time(validate_records(raw, spec), spec, WindowPlan(), pd.Timestamp(AS_OF))
-    train = frames.training_window
-    pre = build_preprocessor(spec).fit(train)
-    names = list(pre.get_feature_names_out())
-    groups = {}
-    for feature in (*spec.numeric_features, *spec.categorical_features):
-        groups[feature] = [i for i, n in enumerate(names)
-                           if n in (f"numeric__{feature}", f"numeric__missingindicator_{feature}")
-                           or n.startswith(f"categorical__{feature}_")]
-    return (pre.transform(train), train[LABEL].to_numpy(), pre.transform(frames.holdout),
-            frames.holdout[LABEL].to_numpy(), groups)
+    known_on = pd.Timestamp(end) + pd.Timedelta(weeks=4, days=spec.label_horizon_days)
+    records = validate_records(simulate(SimulatorSettings(n_customers=customers, seed=seed), known_on), spec)
+    weeks = week_start(records["snapshot_date"])
+    index = weeks.groupby(weeks).indices
+    final_until = known_on - pd.Timedelta(days=spec.label_horizon_days)
+    dates = pd.to_datetime(records["snapshot_date"])
+    previous, recent, rows = None, [], []
+    for as_of in pd.date_range(start, end, freq="7D"):
+        tick = time.perf_counter()
+        frames = split_by_time(records[(dates <= as_of).to_numpy()], spec, WindowPlan(), as_of)
+        ahead = [str((as_of + pd.Timedelta(weeks=k)).date()) for k in range(4)]
+        trained = {}
+        for kind, columns in (("honest", []), *SABOTAGE.items()):
+            cut = shuffled(frames, columns, seed) if columns else frames
+            preprocessor = fit_preprocessor(spec, [cut.train, cut.validation])
+            trained[kind], _ = train_challenger(cut, spec, preprocessor, list(MODEL_FAMILIES), 42, "study",
+                                                str(as_of.date()))
+        if previous is not None:
+            champion_truth = realized(previous, records, index, ahead, final_until)
+            for kind, model in trained.items():
+                measured = evaluate_holdout(frames.holdout, spec, model, contender("champion", previous),
+                                            [contender(f"r{i}", m) for i, m in enumerate(recent[-4:])])
+                truth = realized(model, records, index, ahead, final_until)
+                rows.append({
+                    "customers": customers, "seed": seed, "as_of": str(as_of.date()), "kind": kind,
+                    "family": model.family, "holdout_rows": len(frames.holdout),
+                    "challenger": measured.challenger, "champion": measured.champion,
+                    "comparisons": measured.comparisons, "best_recent": measured.best_recent,
+                    "truth_delta": None if truth is None or champion_truth is None else truth - champion_truth})
+        previous = trained["honest"]
+        recent.append(previous)
+        say(f"{customers} customers, seed {seed}, {as_of.date()}: {time.perf_counter() - tick:.0f} s")
+    return rows
 
 
-def fit(X, y, columns=None):
-    model = make_classifier("logistic_regression", seed=0)
-    return model.fit(X if columns is None else X[:, columns], y), columns
+def judge(rows: list[dict], rules: list[GateRule], not_worse: float, worse: float) -> dict:
+    counts = {"honest_fair": 0, "honest_refused": 0, "broken": 0, "broken_accepted": 0}
+    for row in rows:
+        if row["truth_delta"] is None or row["champion"] is None:
+            continue
+        verdict = evaluate_gate(row["challenger"], row["champion"], [*FLOORS, *rules],
+                                comparisons=row["comparisons"] or None, best_recent=row["best_recent"],
+                                champion_version="champion")
+        if row["kind"] == "honest" and row["truth_delta"] >= -not_worse:
+            counts["honest_fair"] += 1
+            counts["honest_refused"] += not verdict.passed
+        if row["kind"] != "honest" and row["truth_delta"] <= -worse:
+            counts["broken"] += 1
+            counts["broken_accepted"] += verdict.passed
+    return counts
 
 
-def score(fitted, X):
-    model, columns = fitted
-    return model.decision_function(X if columns is None else X[:, columns])
-
-
-def pick_features(Xt, yt, Xh, yh, groups, rng, rows):
-    """The raw feature, or set of up to three, whose removal costs closest to TARGET_DROP
-    ROC AUC on the holdout pool (no single simulator feature costs about 0.02)."""
-    sample = rng.choice(len(yt), size=min(len(yt), rows), replace=False)
-    full = roc_auc_score(yh, score(fit(Xt[sample], yt[sample]), Xh))
-
-    def cost(features):
-        keep = [i for i in range(Xt.shape[1]) if not any(i in groups[f] for f in features)]
-        return full - roc_auc_score(yh, score(fit(Xt[sample], yt[sample], keep), Xh))
-
-    costs = {(f,): cost((f,)) for f in groups}
-    # Sets only of features that matter at all, and without the one that alone costs
-    # twice the target: the others change nothing, that one overshoots.
-    useful = [f for (f,), c in costs.items() if 0.001 < c < 2 * TARGET_DROP]
-    for size in (2, 3):
-        costs.update({combo: cost(combo) for combo in itertools.combinations(useful, size)})
-    best = min(costs, key=lambda fs: abs(costs[fs] - TARGET_DROP))
-    return best, costs, full
-
-
-def wilson(k: int, n: int) -> tuple[float, float]:
+def wilson(k: int, n: int) -> str:
     if n == 0:
-        return math.nan, math.nan
+        return "-"
     z, p = 1.96, k / n
-    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return f"{100 * p:.1f}% ({100 * max(0, centre - half):.1f}-{100 * min(1, centre + half):.1f}%, {k}/{n})"
 
 
-def gate_refuses(rule: GateRule, y, challenger, champion) -> bool:
-    diff = delong_test(y, challenger, champion, confidence=rule.confidence)
-    metrics = ({"roc_auc": diff.challenger}, {"roc_auc": diff.champion})
-    return not evaluate_gate(*metrics, [rule], comparisons={"roc_auc": diff.to_dict()}).passed
+def report(rows: list[dict], not_worse: float, worse: float) -> str:
+    lines = []
+    for customers in sorted({r["customers"] for r in rows}):
+        mine = [r for r in rows if r["customers"] == customers]
+        drops = {kind: [r["truth_delta"] for r in mine if r["kind"] == kind and r["truth_delta"] is not None]
+                 for kind in ("honest", *SABOTAGE)}
+        lines.append(f"\n{customers} customers ({mine[0]['holdout_rows']} holdout rows in the first week);"
+                     " realized challenger - champion: " + ", ".join(
+                         f"{k} mean {np.mean(v):+.4f} (min {min(v):+.4f})" for k, v in drops.items() if v))
+        lines += ["", "| rules (plus floors) | honest, not worse, refused | sabotaged, >= "
+                  f"{worse} worse, accepted |", "|---|---|---|"]
+        for name, rules in rule_sets().items():
+            c = judge(mine, rules, not_worse, worse)
+            lines.append(f"| {name} | {wilson(c['honest_refused'], c['honest_fair'])} |"
+                         f" {wilson(c['broken_accepted'], c['broken'])} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--customers", type=int, default=60_000)
-    parser.add_argument("--train-rows", type=int, default=30_000)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 20_000])
-    parser.add_argument("--trials", type=int, default=400)
-    parser.add_argument("--minutes", type=float, default=9.0, help="stop starting trials after this")
-    parser.add_argument("--seed", type=int, default=11)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--customers", type=int, nargs="+", default=[1000, 3000])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[7, 11])
+    parser.add_argument("--from", dest="start", default="2026-06-29")
+    parser.add_argument("--to", dest="end", default="2026-09-28")
+    parser.add_argument("--not-worse", type=float, default=0.005)
+    parser.add_argument("--worse", type=float, default=0.02)
+    parser.add_argument("--json", help="write every comparison here")
+    parser.add_argument("--rules-only", help="judge the comparisons stored in this JSON instead")
     args = parser.parse_args()
     started = time.perf_counter()
-    rng = np.random.default_rng(args.seed)
-    Xt, yt, Xh, yh, groups = pools(args.customers, args.seed)
-    print(f"pools: training {len(yt)} rows (churn {yt.mean():.3f}), holdout {len(yh)} rows"
-          f" (churn {yh.mean():.3f}); {time.perf_counter() - started:.0f} s", flush=True)
-    dropped, costs, full_auc = pick_features(Xt, yt, Xh, yh, groups, rng, args.train_rows)
-    print("ROC AUC cost of dropping:", ", ".join(f"{'+'.join(f)} {c:+.4f}" for f, c in
-                                               sorted(costs.items(), key=lambda kv: -kv[1])[:15]), flush=True)
-    feature = " + ".join(dropped)
-    keep = [i for i in range(Xt.shape[1]) if not any(i in groups[f] for f in dropped)]
-    print(f"drop challenger: without {feature} (cost {costs[dropped]:.4f}; full model {full_auc:.4f})", flush=True)
-
-    kinds = ("same", "half", "drop")
-    refused = {(s, r, kind): 0 for s in args.sizes for r in RULES for kind in kinds}
-    true_diff = {kind: [] for kind in kinds}
-    trials = 0
-    deadline = started + 60 * args.minutes
-    while trials < args.trials and time.perf_counter() < deadline:
-        rows = rng.permutation(len(yt))[:4 * args.train_rows].reshape(4, -1)
-        half = rows[3][:args.train_rows // 2]
-        champion = fit(Xt[rows[0]], yt[rows[0]])
-        challengers = {"same": fit(Xt[rows[1]], yt[rows[1]]), "half": fit(Xt[half], yt[half]),
-                       "drop": fit(Xt[rows[2]], yt[rows[2]], keep)}
-        pool_champion = score(champion, Xh)
-        for kind, model in challengers.items():
-            pool_scores = score(model, Xh)
-            true_diff[kind].append(roc_auc_score(yh, pool_scores) - roc_auc_score(yh, pool_champion))
-            challengers[kind] = pool_scores
-        for size in args.sizes:
-            holdout = rng.choice(len(yh), size=min(size, len(yh)), replace=False)
-            for kind, pool_scores in challengers.items():
-                for name, rule in RULES.items():
-                    refused[(size, name, kind)] += gate_refuses(rule, yh[holdout], pool_scores[holdout],
-                                                                pool_champion[holdout])
-        trials += 1
-        if trials % 25 == 0:
-            print(f"{trials} trials, {time.perf_counter() - started:.0f} s", flush=True)
-
-    elapsed = time.perf_counter() - started
-    same, half, drop = (np.array(true_diff[kind]) for kind in kinds)
-    lines = [
-        f"### Gate study ({dt.date.today()}, {platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS=1)",
-        "",
-        f"`{' '.join(['python', 'bench/gate_study.py', *sys.argv[1:]])}`: {trials} trials per cell,"
-        f" {elapsed / 60:.1f} min. Simulator, {args.customers} customers to {AS_OF}; training pool"
-        f" {len(yt)} rows, holdout pool {len(yh)} rows (churn {yh.mean():.3f}); each model is a"
-        f" logistic regression on {args.train_rows} fresh training rows.",
-        f"True ROC AUC difference on the whole holdout pool (challenger - champion): no change"
-        f" {same.mean():+.4f} (sd {same.std():.4f}), half data {half.mean():+.4f} (sd {half.std():.4f}),"
-        f" drop (without `{feature}`) {drop.mean():+.4f} (sd {drop.std():.4f}).",
-        "",
-        "| holdout rows | rule | no change refused | half data refused | real drop accepted (missed) |",
-        "|---|---|---|---|---|",
-    ]
-    for size in args.sizes:
-        for name in RULES:
-            counts = (refused[(size, name, "same")], refused[(size, name, "half")],
-                      trials - refused[(size, name, "drop")])
-            cells = []
-            for k in counts:
-                low, high = wilson(k, trials)
-                cells.append(f"{k / trials:.1%} ({low:.1%}-{high:.1%})")
-            lines.append(f"| {size} | {name} | " + " | ".join(cells) + " |")
-    print("\n".join(lines), flush=True)
+    if args.rules_only:
+        rows = json.loads(Path(args.rules_only).read_text())["rows"]
+    else:
+        rows = []
+        for customers in args.customers:
+            for seed in args.seeds:
+                rows += study(customers, seed, args.start, args.end, lambda m: print(m, file=sys.stderr, flush=True))
+        if args.json:
+            Path(args.json).write_text(json.dumps({
+                "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="minutes"),
+                "python": platform.python_version(), "args": vars(args), "rows": rows}, default=str))
+    print(f"gate study: {len(rows)} comparisons, {time.perf_counter() - started:.0f} s;"
+          f" not worse = realized drop < {args.not_worse}, worse = realized drop >= {args.worse}")
+    print(report(rows, args.not_worse, args.worse))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import pickle
 
@@ -12,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
-from sklearn.pipeline import Pipeline
 
 from churn_assets.core.artifact import ScoreCalibrator
 from churn_assets.core.calibration import expected_calibration_error
@@ -20,7 +18,7 @@ from churn_assets.core.features import build_preprocessor
 from churn_assets.core.gate import GateRule, evaluate_gate
 from churn_assets.core.metrics import HIGHER_IS_BETTER, METRIC_NAMES, best_f1_threshold, churn_metrics
 from churn_assets.core.spec import LABEL, load_spec
-from churn_assets.core.training import make_classifier, purged_train, train_challenger
+from churn_assets.core.training import WindowPlan, choose_calibration, train_challenger
 from churn_assets.devtools.sample_models import sample_frames
 
 SPEC = load_spec("simulator")
@@ -63,22 +61,14 @@ def test_sigmoid_calibration_keeps_the_ranking_exactly():
     assert roc_auc_score(y, predictor.predict_proba(rows)) == roc_auc_score(y, uncalibrated)
 
 
-def purged_fit(family: str = "logistic_regression") -> Pipeline:
-    """The candidate fit whose validation scores the calibrator and the threshold saw."""
-    fr = frames()
-    rows = purged_train(fr, SPEC)
-    fit = Pipeline([("preprocess", trained("sigmoid", family).pipeline.named_steps["preprocess"]),
-                    ("classifier", make_classifier(family, 42))])
-    return fit.fit(rows, rows[LABEL].to_numpy())
-
-
 def test_threshold_is_tuned_on_the_calibrated_validation_scores():
     fr = frames()
     predictor = trained("sigmoid")
     y_val = fr.validation[LABEL].to_numpy()
-    calibrated = predictor.calibrator(purged_fit().decision_function(fr.validation))
+    calibrated = predictor.calibrator(predictor.evaluated.pipeline.decision_function(fr.validation))
     assert predictor.threshold == best_f1_threshold(y_val, calibrated)
-    assert predictor.validation_metrics == churn_metrics(y_val, calibrated, predictor.threshold)
+    expected = churn_metrics(y_val, calibrated, predictor.threshold)
+    assert {k: predictor.validation_metrics[k] for k in expected} == expected
     # On the raw (inflated) scale the F1-best cut is far higher: the two are not mixed up.
     assert trained(None).threshold > predictor.threshold + 0.2
     # Platt scaling is strictly increasing, so the cut tuned on the calibrated scale picks
@@ -88,27 +78,50 @@ def test_threshold_is_tuned_on_the_calibrated_validation_scores():
     np.testing.assert_array_equal(predictor.predict(rows), trained(None).predict(rows))
 
 
-def test_candidates_fit_only_rows_that_share_no_churn_event_with_validation():
+def test_no_evaluated_row_shares_a_label_window_with_what_scores_it():
+    """A label covers the H days after its snapshot: the train weeks end H days before the
+    first validation snapshot, and the deployed fit learns the newest weeks instead."""
     fr = frames()
-    ts, ids = SPEC.timestamp_column, SPEC.id_column
-    kept = purged_train(fr, SPEC)
-    start = fr.validation[ts].min()
-    recent = fr.train[ts] > start - pd.Timedelta(days=SPEC.label_horizon_days)
-    # Dropped: exactly the validation customers' snapshots whose label window reaches
-    # into the validation weeks; older snapshots, and customers gone before, stay.
-    expected = fr.train[~(recent & fr.train[ids].isin(fr.validation[ids]))]
-    pd.testing.assert_frame_equal(kept, expected)
-    assert 0 < len(kept) < len(fr.train) and recent.any()
-    # The calibrator was fitted on that fit's validation scores, not on a fit that
-    # trained on the dropped rows (whose churn events it would recognise in validation).
+    ts, horizon = SPEC.timestamp_column, pd.Timedelta(days=SPEC.label_horizon_days)
+    assert fr.train[ts].max() + horizon <= fr.validation[ts].min()
+    assert fr.train[ts].max() + horizon <= fr.holdout[ts].min()
+    assert len(fr.embargo) and fr.embargo[ts].min() > fr.train[ts].max()
+    assert fr.embargo[ts].max() < fr.validation[ts].min()
+    # The deployed fit spans the plan's fit weeks, ending on the newest label; the
+    # evaluated fit spans as many where the history reaches back far enough (here it
+    # starts later, so it has fewer).
+    span = lambda dates: (dates.max() - dates.min()).days  # noqa: E731
+    served = pd.concat(fr.frames)
+    served = served[served[ts] >= fr.serving_start]
+    assert served[ts].max() == fr.holdout[ts].max() and span(served[ts]) == 7 * (WindowPlan().fit_weeks - 1)
+    assert span(fr.train[ts]) <= span(served[ts])
     for family in ("logistic_regression", "hist_gradient_boosting"):
         predictor = trained("sigmoid", family)
-        expected = ScoreCalibrator.fit("sigmoid", purged_fit(family).decision_function(fr.validation),
+        # The calibrator was fitted on the evaluated fit's validation scores: the fit the
+        # holdout scores, whose rows share no churn event with the validation weeks.
+        expected = ScoreCalibrator.fit("sigmoid", predictor.evaluated.pipeline.decision_function(fr.validation),
                                        fr.validation[LABEL].to_numpy())
         np.testing.assert_allclose(predictor.calibrator.model.coef_, expected.model.coef_, rtol=1e-9)
         np.testing.assert_allclose(predictor.calibrator.model.intercept_, expected.model.intercept_, rtol=1e-9)
-    # No label horizon (Telco: one snapshot per customer): nothing to purge.
-    assert purged_train(fr, dataclasses.replace(SPEC, label_horizon_days=0)) is fr.train
+        assert predictor.evaluated.calibrator is predictor.calibrator
+        assert predictor.evaluated.threshold == predictor.threshold
+
+
+def test_calibration_is_chosen_by_cross_validated_log_loss():
+    rng = np.random.default_rng(5)
+    groups = np.repeat(np.arange(800), 2)
+    decision = rng.normal(0, 1.5, groups.size)
+    y = (rng.random(groups.size) < 1 / (1 + np.exp(-(decision - 2)))).astype(int)
+    inflated = 1 / (1 + np.exp(-decision))  # a raw fit that predicts far too many churners
+    choice, losses = choose_calibration(decision, inflated, y, groups)
+    assert choice == "sigmoid" and set(losses) == {"none", "sigmoid", "isotonic"}
+    assert losses["none"] > losses["sigmoid"] + 0.1
+    # Probabilities that are already right need no map.
+    choice, losses = choose_calibration(decision, 1 / (1 + np.exp(-(decision - 2))), y, groups)
+    assert losses["none"] <= losses["sigmoid"] + 1e-3
+    predictor = trained("auto")
+    assert predictor.validation_metrics["calibration"] in ("sigmoid", "isotonic", "none")
+    assert set(predictor.calibration_losses) == {"none", "sigmoid", "isotonic"}
 
 
 def test_predictor_round_trips_through_joblib(tmp_path):
@@ -150,8 +163,51 @@ def test_ece_is_a_reported_loss_the_gate_can_use():
     inflated = churn_metrics(y, np.minimum(p + 0.2, 1.0), 0.3)["ece"]
     assert calibrated == expected_calibration_error(y, p, n_bins=10, strategy="quantile")
     assert calibrated < 0.03 and inflated > 0.15
-    rule = [GateRule("ece", floor=0.05, max_regression=0.01)]
+    rule = [GateRule("ece", floor=0.05, max_regression=0.01, mode="point")]
     assert evaluate_gate({"ece": calibrated}, {"ece": calibrated + 0.02}, rule).passed
     worse = evaluate_gate({"ece": calibrated + 0.02}, {"ece": calibrated}, rule)
     assert not worse.passed and "regressed by 0.0200" in worse.summary
     assert "above the ceiling 0.05" in evaluate_gate({"ece": inflated}, None, rule).summary
+
+
+def test_a_map_that_would_invert_the_ranking_is_never_applied():
+    """When the evaluated fit ranks validation the wrong way round (the market changed),
+    its Platt slope is negative; applied to the deployed fit it would turn its ranking
+    upside down. Such a map is refused and the classifier's own probabilities kept."""
+    rng = np.random.default_rng(0)
+    decision = rng.normal(size=2000)
+    y = (rng.random(2000) < 1 / (1 + np.exp(2 * decision + 2))).astype(int)  # higher score, less churn
+    for method in ("sigmoid", "isotonic"):
+        assert not ScoreCalibrator.fit(method, decision, y).increasing
+        assert ScoreCalibrator.fit(method, -decision, y).increasing
+
+    from churn_assets.core.training import _calibrated
+
+    class Backwards:  # a fitted classifier whose scores run against the labels
+        def decision_function(self, x):
+            return x[:, 0]
+
+        def predict_proba(self, x):
+            p = 1 / (1 + np.exp(-x[:, 0]))
+            return np.column_stack([1 - p, p])
+
+    _, proba, calibrator, method, _ = _calibrated(Backwards(), decision[:, None], y, np.arange(2000), "sigmoid", 0)
+    assert calibrator is None and method.startswith("none (the evaluated fit does not rank")
+    np.testing.assert_allclose(proba, 1 / (1 + np.exp(-decision)))
+
+
+def test_prior_shift_moves_the_served_calibrator_to_the_newest_churn_rate():
+    from churn_assets.core.training import prior_shift
+
+    fr = frames()
+    predictor = trained("sigmoid")
+    rows = fr.holdout.copy()
+    rows[LABEL] = (np.random.default_rng(1).random(len(rows)) < 0.25).astype(int)  # the rate doubled
+    shifted, delta = prior_shift(predictor, rows)
+    assert delta > 0.3
+    assert shifted.evaluated_fit.predict_proba(rows).mean() == pytest.approx(rows[LABEL].mean(), abs=1e-6)
+    # A prior shift moves levels only: the ranking, hence ROC AUC, is untouched.
+    assert roc_auc_score(rows[LABEL], shifted.predict_proba(rows)) == roc_auc_score(rows[LABEL], predictor.predict_proba(rows))
+    isotonic = trained("isotonic")
+    moved, _ = prior_shift(isotonic, rows)
+    assert moved.calibrator.method == "isotonic" and moved.calibrator.increasing

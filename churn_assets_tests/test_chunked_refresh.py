@@ -250,13 +250,14 @@ def test_training_frames_come_back_from_their_pickle_unchanged_and_small():
     frames.validation.loc[frames.validation.index[:3], "plan"] = None  # missing text survives
     data = pickle.dumps(frames, protocol=4)  # Dagster's PICKLE_PROTOCOL
     back = pickle.loads(data)
-    for name in ("train", "validation", "holdout"):
+    for name in ("train", "embargo", "validation", "holdout"):
         pd.testing.assert_frame_equal(getattr(back, name), getattr(frames, name), check_exact=True)
-    assert (back.as_of, back.label_cutoff, back.held_back_rows) == (
-        frames.as_of, frames.label_cutoff, frames.held_back_rows)
+    assert (back.as_of, back.label_cutoff, back.held_back_rows, back.serving_start) == (
+        frames.as_of, frames.label_cutoff, frames.held_back_rows, frames.serving_start)
     assert training_fingerprint(back, SPEC, ["x"], 1, "v") == training_fingerprint(frames, SPEC, ["x"], 1, "v")
-    in_memory = sum(f.memory_usage(deep=True).sum() for f in (frames.train, frames.validation, frames.holdout))
-    assert data.count(b"PAR1") == 6 and len(data) < in_memory / 3
+    in_memory = sum(f.memory_usage(deep=True).sum() for f in frames.frames)
+    # Four frames, each a Parquet file with its magic bytes at both ends.
+    assert data.count(b"PAR1") == 8 and len(data) < in_memory / 3
 
 
 def test_training_frames_that_parquet_would_change_are_pickled_as_they_are():

@@ -13,7 +13,7 @@ from sklearn.pipeline import Pipeline
 from churn_assets.core.encoding import encode_rows, fit_preprocessor
 from churn_assets.core.features import build_preprocessor
 from churn_assets.core.spec import LABEL, load_spec
-from churn_assets.core.training import make_classifier, purge_mask, purged_train, train_challenger
+from churn_assets.core.training import make_classifier, train_challenger
 from churn_assets.devtools.sample_models import sample_frames
 from churn_assets.sources.simulation import SimulatorSettings, simulate
 
@@ -94,21 +94,19 @@ def test_no_rows_is_a_clear_error():
         list(encode_rows(fit_preprocessor(SPEC, two_frames()), [empty], chunk_rows=0))
 
 
-def test_purge_mask_selects_the_purged_train_rows():
-    frames = sample_frames(n_customers=300)
-    keep = purge_mask(frames, SPEC)
-    assert keep is not None and 0 < (~keep).sum() < len(keep)
-    assert purged_train(frames, SPEC).equals(frames.train[keep])
-
-
 def test_train_challenger_fits_what_a_pipeline_on_the_same_rows_fits():
     """The classifiers are fitted on encoded matrices, not through Pipeline.fit: the
-    served model must equal the pipeline fitted on the training window."""
+    deployed model must equal the pipeline fitted on the serving window, and the
+    evaluated fit the pipeline fitted on the train weeks."""
     frames = sample_frames(n_customers=300)
     preprocessor = fit_preprocessor(SPEC, [frames.train, frames.validation], chunk_rows=500)
+    ts = SPEC.timestamp_column
+    every = pd.concat(frames.frames, ignore_index=True)
+    serving = every[every[ts] >= frames.serving_start]
+    assert 0 < len(serving) < len(every)
     for family in ("logistic_regression", "hist_gradient_boosting"):
         predictor, _ = train_challenger(frames, SPEC, preprocessor, [family], 7, "test", "now", calibration=None)
-        window = frames.training_window
-        pipeline = Pipeline([("preprocess", FrozenEstimator(preprocessor)),
-                             ("classifier", make_classifier(family, 7))]).fit(window, window[LABEL].to_numpy())
-        assert np.array_equal(predictor.predict_proba(frames.holdout), pipeline.predict_proba(frames.holdout)[:, 1])
+        for fit, rows in ((predictor, serving), (predictor.evaluated, frames.train)):
+            pipeline = Pipeline([("preprocess", FrozenEstimator(preprocessor)),
+                                 ("classifier", make_classifier(family, 7))]).fit(rows, rows[LABEL].to_numpy())
+            assert np.array_equal(fit.predict_proba(frames.holdout), pipeline.predict_proba(frames.holdout)[:, 1])

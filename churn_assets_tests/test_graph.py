@@ -165,13 +165,19 @@ def test_definitions_load_with_schedule_and_in_process_executor():
     repo = defs.get_repository_def()
     keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
     assert keys == {"raw_customers", "clean_features", "fitted_scaler", "churn_model",
-                    "evaluation_report", "deployed_model", "churn_scores", "model_health"}
+                    "evaluation_report", "deployed_model", "churn_scores", "model_health", "backtest_report"}
+    # The backtest's report is an external asset: only the churn_backtest job reports to it,
+    # and no refresh (nor `--select '*'`) materializes it.
+    refresh_keys = {k.to_user_string() for k in defs.resolve_job_def("churn_refresh").asset_layer.executable_asset_keys}
+    assert "backtest_report" not in refresh_keys and "churn_model" in refresh_keys
+    assert defs.resolve_job_def("churn_backtest") is not None
     schedule = defs.get_schedule_def("weekly_refresh")
     assert schedule.cron_schedule == "0 3 * * 1"
     assert defs.resolve_job_def("churn_refresh").executor_def.name == "in_process"
     checks = {c.name: c.asset_key.to_user_string() for c in repo.asset_graph.asset_check_keys}
     # The gate blocks deploys; drift only warns (never blocking on its own).
-    assert checks == {"deployment_gate": "evaluation_report", "data_drift": "clean_features"}
+    assert checks == {"deployment_gate": "evaluation_report", "data_drift": "clean_features",
+                      "production_decay": "model_health"}
     assert len(ASSETS) == 8 and len(CHECKS) == 2
 
 

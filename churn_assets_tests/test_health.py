@@ -310,3 +310,21 @@ def test_model_card_minimal_and_partial_dicts_do_not_crash():
     bootstrap = render_model_card({"version": "v0002", "metrics": {"roc_auc": 0.8}, "champion_metrics": None,
                                    "gate": {"passed": False, "bootstrap": True, "outcomes": []}, "comparisons": None})
     assert "No champion to compare with" in bootstrap and "**REFUSED**" in bootstrap
+
+
+def test_drift_reads_categories_as_the_model_does():
+    """An export that starts writing "CC" for "Credit Card" changes no model input: its PSI
+    is 0. A category the model has never seen is still a shift."""
+    from churn_assets.core.spec import load_spec
+    from churn_assets.health.drift import feature_drift
+
+    spec = load_spec("simulator")
+    reference = pd.DataFrame({"payment_method": ["Credit Card"] * 600 + ["PayPal"] * 400})
+    renamed = pd.DataFrame({"payment_method": ["CC"] * 600 + ["pay pal"] * 400})
+    (drift,) = feature_drift(reference, renamed, [], ["payment_method"], category_aliases=spec.category_aliases)
+    assert drift.psi == pytest.approx(0.0, abs=1e-9)
+    (raw,) = feature_drift(reference, renamed, [], ["payment_method"])
+    assert raw.psi > 0.25  # what comparing raw spellings used to report
+    new = pd.DataFrame({"payment_method": ["CC"] * 400 + ["crypto"] * 600})
+    (moved,) = feature_drift(reference, new, [], ["payment_method"], category_aliases=spec.category_aliases)
+    assert moved.psi > 0.25

@@ -42,9 +42,11 @@ def test_evaluation_report_has_paired_comparisons_with_intervals(two_runs):
     assert metadata_of(first, "evaluation_report").get("delta_roc_auc") is None  # bootstrap: nothing to pair
     meta = metadata_of(second, "evaluation_report")
     comparisons = meta["comparisons"]
-    assert set(comparisons) == {"roc_auc", "pr_auc", "brier_score", "log_loss", "ece"}
-    assert comparisons["roc_auc"]["method"] == "DeLong"
-    assert all("1000 resamples" in comparisons[m]["method"] for m in ("pr_auc", "brier_score", "log_loss", "ece"))
+    assert set(comparisons) == {"roc_auc", "pr_auc", "brier_score", "brier_skill", "log_loss", "ece"}
+    # Grouped by customer: most customers appear in both holdout weeks.
+    assert comparisons["roc_auc"]["method"] == "DeLong, grouped"
+    assert all("1000 resamples of customers" in comparisons[m]["method"]
+               for m in ("pr_auc", "brier_score", "brier_skill", "log_loss", "ece"))
     for name in comparisons:
         # One float per metric for the UI's charts, consistent with the stored comparison.
         low, delta, high = meta[f"{name}_ci_low"], meta[f"delta_{name}"], meta[f"{name}_ci_high"]
@@ -82,7 +84,7 @@ def test_card_and_plots_are_saved_beside_the_version(two_runs):
     roc = manifest["comparisons"]["roc_auc"]
     # Challenger and champion on the same row, with the DeLong interval of the difference.
     row = (f"| roc_auc | {manifest['metrics']['roc_auc']:.4f} | {manifest['champion_metrics']['roc_auc']:.4f}"
-           f" | {roc['difference']:+.4f} | [{roc['ci_low']:+.4f}, {roc['ci_high']:+.4f}] (DeLong) |")
+           f" | {roc['difference']:+.4f} | [{roc['ci_low']:+.4f}, {roc['ci_high']:+.4f}] (DeLong, grouped) |")
     assert row in card
     assert "Label horizon: 28 days" in card and "**PASSED**" in card
     assert "![roc auc trend](roc_auc_trend.png)" in card
@@ -144,7 +146,12 @@ def test_paired_comparison_matches_an_independent_auc(two_runs):
     holdout = second.output_for_node("clean_features").holdout
     y = holdout[LABEL].to_numpy().astype(int)
     champion = registry.load(registry.get("v0001"))
-    expected = roc_auc_score(y, champion.predict_proba(holdout))
+    # The champion's evaluated fit is what is compared (its deployed fit learned weeks up
+    # to a week before this holdout's end), on every holdout row: all are clear of it.
+    assert champion.evaluated is not None and report.compared_rows == len(holdout)
+    expected = roc_auc_score(y, champion.evaluated_fit.predict_proba(holdout))
     assert report.comparisons["roc_auc"]["champion"] == pytest.approx(expected, abs=1e-12)
+    served = roc_auc_score(y, champion.predict_proba(holdout))
+    assert served != pytest.approx(expected, abs=1e-6)
     assert set(report.plots) == set(PLOTS) and all(p.startswith(PNG_SIGNATURE) for p in report.plots.values())
     assert np.isfinite(report.comparisons["pr_auc"]["p_value"])

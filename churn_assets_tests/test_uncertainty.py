@@ -20,14 +20,8 @@ from churn_assets.core.calibration import (
     expected_calibration_error,
     reliability_curve,
 )
-from churn_assets.core.uncertainty import (
-    BOOTSTRAP_METRICS,
-    PairedDifference,
-    delong_test,
-    noninferiority,
-    paired_bootstrap,
-    resampled_metrics,
-)
+from churn_assets.core.bootstrap import BOOTSTRAP_METRICS, paired_bootstrap, resampled_metrics
+from churn_assets.core.uncertainty import PairedDifference, delong_test, noninferiority
 
 
 def tied_scores(seed: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -93,6 +87,8 @@ def sklearn_metrics(y, p, threshold):
         "roc_auc": skm.roc_auc_score(y, p),
         "pr_auc": skm.average_precision_score(y, p),
         "brier_score": skm.brier_score_loss(y, p),
+        # The share of the base rate's Brier score removed, the base rate being these rows'.
+        "brier_skill": 1 - skm.brier_score_loss(y, p) / (np.mean(y) * (1 - np.mean(y))),
         "log_loss": skm.log_loss(y, p, labels=[0, 1]),
         "accuracy": skm.accuracy_score(y, predicted),
         "precision": skm.precision_score(y, predicted, zero_division=0),
@@ -268,3 +264,77 @@ def test_cbpe_roc_auc_is_the_auc_of_each_row_as_p_positive_and_1_minus_p_negativ
     expected = skm.roc_auc_score(np.r_[np.ones(p.size), np.zeros(p.size)], np.r_[p, p],
                                  sample_weight=np.r_[p, 1 - p])
     assert estimate_performance(p, threshold=0.3, n_draws=20).roc_auc == pytest.approx(expected, abs=1e-12)
+
+
+# --- customers that repeat across holdout weeks ----------------------------------------
+
+def repeated_customers(n_customers: int = 800, weeks: int = 2, seed: int = 0):
+    """A two-week holdout of the same customers: each customer's risk and label persist
+    across weeks, and both models err on them alike."""
+    rng = np.random.default_rng(seed)
+    risk = rng.normal(size=n_customers)
+    churner = rng.random(n_customers) < 1 / (1 + np.exp(-(1.5 * risk - 2)))
+    groups = np.tile(np.arange(n_customers), weeks)
+    y = np.tile(churner, weeks).astype(int)
+    a = np.tile(risk, weeks) + rng.normal(scale=0.3, size=groups.size) + np.tile(rng.normal(size=n_customers), weeks)
+    b = np.tile(risk, weeks) + rng.normal(scale=0.3, size=groups.size) + np.tile(rng.normal(size=n_customers), weeks)
+    return y, a, b, groups
+
+
+def test_grouped_delong_widens_when_customers_repeat_and_not_otherwise():
+    y, a, b, groups = repeated_customers()
+    rows, grouped = delong_test(y, a, b), delong_test(y, a, b, groups=groups)
+    assert grouped.method == "DeLong, grouped" and grouped.difference == rows.difference
+    # Two nearly identical rows per customer: the effective sample is about half.
+    assert grouped.standard_error > 1.25 * rows.standard_error
+    unique = delong_test(y, a, b, groups=np.arange(y.size))
+    assert unique.standard_error == pytest.approx(rows.standard_error, rel=0.02)
+
+
+def test_auc_standard_error_of_one_model_grouped():
+    from churn_assets.core.uncertainty import auc_standard_error
+
+    y, a, _, groups = repeated_customers(seed=1)
+    auc, se = auc_standard_error(y, a)
+    grouped_auc, grouped_se = auc_standard_error(y, a, groups=groups)
+    assert auc == grouped_auc and grouped_se > 1.25 * se
+    assert auc_standard_error(np.zeros(5, int), np.arange(5.0)) != auc_standard_error(y, a)  # one class: NaN
+
+
+def test_grouped_bootstrap_draws_customers():
+    y, a, b, groups = repeated_customers(n_customers=400, seed=2)
+    pa, pb = 1 / (1 + np.exp(-a)), 1 / (1 + np.exp(-b))
+    rows = paired_bootstrap(y, pa, pb, metrics=("pr_auc",), n_resamples=300, seed=0)["pr_auc"]
+    grouped = paired_bootstrap(y, pa, pb, metrics=("pr_auc",), n_resamples=300, seed=0, groups=groups)["pr_auc"]
+    assert "of customers" in grouped.method and grouped.difference == rows.difference
+    assert grouped.standard_error > 1.2 * rows.standard_error
+
+
+def test_ece_noise_floor_is_what_a_calibrated_model_shows():
+    from churn_assets.core.calibration import ece_noise_floor
+
+    rng = np.random.default_rng(4)
+    p = rng.beta(1, 7, 3000)  # churn probabilities around 12%
+    floor = ece_noise_floor(p, draws=400, seed=1)
+    # A calibrated model's measured ECE lies under the floor's 95th percentile ~95% of the time.
+    measured = [expected_calibration_error((rng.random(p.size) < p).astype(int), p) for _ in range(200)]
+    assert 0.9 <= np.mean(np.array(measured) <= floor.p95) <= 0.99
+    assert abs(np.mean(measured) - floor.mean) < 0.002
+    # More rows, less noise; a 3-point overprediction is far above it.
+    assert ece_noise_floor(np.tile(p, 10), draws=100).mean < floor.mean / 2
+    y = (rng.random(p.size) < p).astype(int)
+    assert floor.verdict(expected_calibration_error(y, np.clip(p + 0.03, 0, 1))) == "above noise"
+
+
+def test_estimate_alternatives_carry_the_calibrators_uncertainty():
+    rng = np.random.default_rng(5)
+    p = rng.beta(1, 7, 2000)
+    alone = estimate_performance(p, 0.2, n_draws=400, seed=0)
+    # Other plausible calibrations of the same scores: flatter and steeper maps.
+    logit = np.log(p / (1 - p))
+    alternatives = np.vstack([1 / (1 + np.exp(-(s * (logit + 2) - 2))) for s in np.linspace(0.8, 1.2, 20)])
+    wider = estimate_performance(p, 0.2, n_draws=400, seed=0, alternatives=alternatives)
+    assert wider.roc_auc == alone.roc_auc  # the point estimate is the calibrated one's
+    assert (wider.roc_auc_high - wider.roc_auc_low) > 1.3 * (alone.roc_auc_high - alone.roc_auc_low)
+    with pytest.raises(ValueError, match="alternatives must have shape"):
+        estimate_performance(p, 0.2, alternatives=alternatives[:, :10])

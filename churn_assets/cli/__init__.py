@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from churn_assets.cli import config, models, run, score, serve
+from churn_assets.cli import backtest, config, models, run, score, serve
 from churn_assets.cli.config import redact_url
 from churn_assets.cli.dagster_home import DAGSTER_YAML, postgres_storage, prepare_dagster_home
 from churn_assets.cli.parsing import iso_date
@@ -17,7 +17,7 @@ from churn_assets.settings import SettingsError
 
 __all__ = ["DAGSTER_YAML", "build_parser", "iso_date", "main", "postgres_storage", "prepare_dagster_home",
            "redact_url"]
-COMMAND_GROUPS = (run, config, models, serve, score)
+COMMAND_GROUPS = (run, config, models, serve, score, backtest)
 
 
 def build_parser() -> argparse.ArgumentParser:

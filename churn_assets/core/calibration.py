@@ -2,6 +2,8 @@
 
 - ``expected_calibration_error`` / ``reliability_curve``: how far predicted churn
   probabilities are from observed churn rates, on labelled rows.
+- ``ece_noise_floor``: the ECE a perfectly calibrated model would still show on that many
+  rows, so a measured ECE can be told from chance.
 - ``estimate_performance``: confidence-based performance estimation (CBPE, as NannyML
   defines it) on rows with no labels yet, valid when the probabilities are calibrated.
 
@@ -80,6 +82,49 @@ def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, n_bins: in
     # Sum of (p - y) per bin is count * (mean p - mean y): the count weights cancel.
     gap = np.bincount(assign_bins(p, edges), weights=p - y, minlength=len(edges) - 1)
     return float(np.abs(gap).sum() / p.size)
+
+
+@dataclass(frozen=True)
+class EceNoiseFloor:
+    """ECE of a perfectly calibrated model with the same probabilities on the same number
+    of rows (labels drawn y ~ Bernoulli(proba)): ``mean`` and ``p95`` over ``draws`` draws,
+    in probability units. An ECE below ``p95`` is what chance alone gives."""
+
+    mean: float
+    p95: float
+    rows: int
+    draws: int
+
+    def verdict(self, ece: float) -> str:
+        """"within noise" or "above noise" for a measured ECE on these rows."""
+        if not (np.isfinite(ece) and np.isfinite(self.p95)):
+            return "unknown"
+        return "within noise" if ece <= self.p95 else "above noise"
+
+
+def ece_noise_floor(proba: np.ndarray, n_bins: int = 10, draws: int = 200, seed: int = 0) -> EceNoiseFloor:
+    """The ECE chance gives a calibrated model on these rows (``EceNoiseFloor``).
+
+    ``proba``: shape (n,). Bins are the quantile bins of ``proba`` itself, as
+    ``expected_calibration_error`` uses, so the floor describes the same quantity.
+    Vectorised over blocks of draws; seeded.
+    """
+    p = _probabilities(proba)
+    if p.size == 0:
+        return EceNoiseFloor(float("nan"), float("nan"), 0, draws)
+    bins = assign_bins(p, calibration_bin_edges(p, n_bins, "quantile"))
+    order = np.argsort(bins, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(bins[order]) != 0])
+    ps = p[order]
+    rng = np.random.default_rng(seed)
+    values = []
+    block = max(1, min(draws, 4_000_000 // p.size))
+    for start in range(0, draws, block):
+        y = (rng.random((min(block, draws - start), p.size)) < ps).astype(float)
+        gaps = np.add.reduceat(ps[None, :] - y, starts, axis=1)
+        values.append(np.abs(gaps).sum(axis=1) / p.size)
+    values = np.concatenate(values)
+    return EceNoiseFloor(float(values.mean()), float(np.quantile(values, 0.95)), int(p.size), int(draws))
 
 
 @dataclass(frozen=True)
@@ -176,12 +221,15 @@ def _expected_roc_auc(p: np.ndarray) -> float:
 
 
 def estimate_performance(proba: np.ndarray, threshold: float, n_draws: int = 200, seed: int = 0,
-                         confidence: float = 0.9) -> PerformanceEstimate:
+                         confidence: float = 0.9, alternatives: np.ndarray | None = None) -> PerformanceEstimate:
     """CBPE on unlabelled rows whose churn probabilities ``proba`` (shape (n,)) are calibrated.
 
     Predicted churn is ``proba >= threshold``. Intervals: ``n_draws`` label vectors
-    y ~ Bernoulli(proba), drawn vectorised and seeded; the ranks are fixed, so each
+    y ~ Bernoulli(q), drawn vectorised and seeded; the ranks are fixed, so each
     draw's ROC AUC is (sum of positives' midranks - n1 (n1 + 1) / 2) / (n1 n0).
+    ``q`` is ``proba``, or, with ``alternatives`` (shape (k, n): the same rows' probabilities
+    under k other plausible calibrators, e.g. refitted on resamples), the k rows in turn:
+    the interval then carries the calibrator's uncertainty as well as the labels' noise.
     Draws where AUC is undefined (one class) are left out of its interval.
     """
     p = _probabilities(proba)
@@ -198,12 +246,18 @@ def estimate_performance(proba: np.ndarray, threshold: float, n_draws: int = 200
 
     ranks = midranks(p)
     pred = predicted.astype(float)
+    if alternatives is not None:
+        alternatives = np.asarray(alternatives, dtype=float)
+        if alternatives.ndim != 2 or alternatives.shape[1] != n or not len(alternatives):
+            raise ValueError(f"alternatives must have shape (k, {n}), got {alternatives.shape}")
     rng = np.random.default_rng(seed)
     # About 4M draws per block bounds memory at ~32 MB whatever the row count.
     block = max(1, min(n_draws, 4_000_000 // n))
     draws: dict[str, list[np.ndarray]] = {k: [] for k in point}
     for start in range(0, n_draws, block):
-        y = (rng.random((min(block, n_draws - start), n)) < p).astype(float)
+        size = min(block, n_draws - start)
+        q = p if alternatives is None else alternatives[np.arange(start, start + size) % len(alternatives)]
+        y = (rng.random((size, n)) < q).astype(float)
         n1 = y.sum(axis=1)
         n0 = n - n1
         tp = y @ pred

@@ -17,7 +17,7 @@ __version__ = "0.2.0"
 
 # core/ modules that decide what a model learns and how it scores. Adding one here (or
 # editing one) changes every fingerprint, so the next run retrains.
-MODEL_MODULES = ("spec.py", "labels.py", "validation.py", "categories.py", "features.py", "encoding.py",
+MODEL_MODULES = ("spec.py", "labels.py", "validation.py", "categories.py", "features.py", "encoding.py", "windows.py",
                  "training.py", "metrics.py", "calibration.py", "artifact.py")
 
 

@@ -12,6 +12,20 @@ from churn_assets.core.metrics import HIGHER_IS_BETTER, METRIC_NAMES
 from churn_assets.core.uncertainty import PairedDifference, noninferiority
 
 GATE_MODES = ("point", "noninferiority")
+# Whom a rule's regression is judged against: the model in production, or the best of the
+# last few registered versions on this holdout (a guard against small accepted losses
+# adding up week after week, which a comparison with the champion alone cannot see).
+GATE_REFERENCES = ("champion", "best_recent")
+# Metrics the evaluation compares with a paired interval (core.evaluation.COMPARED); a
+# rule on one of them is judged by noninferiority unless it says otherwise, as every
+# built-in rule is. Threshold metrics (accuracy, precision, recall, f1) have no paired
+# interval, so their rules are judged on the point values.
+PAIRED_METRICS = ("roc_auc", "pr_auc", "brier_score", "brier_skill", "log_loss", "ece")
+
+
+def default_mode(metric: str) -> str:
+    """The mode of a rule that does not name one: the built-in rules' mode for that metric."""
+    return "noninferiority" if metric in PAIRED_METRICS else "point"
 
 
 @dataclass(frozen=True)
@@ -27,16 +41,27 @@ class GateRule:
     values as measured, so holdout noise alone can refuse a challenger. ``"noninferiority"``:
     refuse only when the paired comparison shows, at one-sided ``confidence``, that the
     challenger is worse by more than ``max_regression`` ("clearly worse"); a drop the
-    data cannot tell from noise passes. Floors are always judged on the point value.
+    data cannot tell from noise passes. None: ``default_mode(metric)``. Floors are always
+    judged on the point value. ``against``: "champion" (the production model) or
+    "best_recent" (the recent version that scored best on this holdout).
     """
 
     metric: str
     floor: float | None = None
     max_regression: float | None = None
-    mode: str = "point"
+    mode: str | None = None
     confidence: float = 0.95
+    against: str = "champion"
 
     def __post_init__(self) -> None:
+        if self.mode is None:
+            object.__setattr__(self, "mode", default_mode(self.metric))
+        if self.against not in GATE_REFERENCES:
+            raise ValueError(f"gate rule for {self.metric!r}: against {self.against!r} is not one of"
+                             f" {list(GATE_REFERENCES)}")
+        if self.against == "best_recent" and (self.max_regression is None or self.floor is not None):
+            raise ValueError(f"gate rule for {self.metric!r} against the best recent version needs"
+                             " max_regression and no floor (floors are judged once, against the champion)")
         if self.metric not in METRIC_NAMES:
             raise ValueError(f"gate rule for unknown metric {self.metric!r}; known: {list(METRIC_NAMES)}")
         if self.floor is None and self.max_regression is None:
@@ -52,16 +77,16 @@ class GateRule:
             raise ValueError(f"gate rule for {self.metric!r}: a noninferiority rule needs max_regression >= 0")
 
 
-# ROC AUC by noninferiority, allowing 0.0025 at 95%: in bench/gate_study.py (simulator,
-# 400 paired trials per cell) it refused at most 2.2% of challengers no worse than that
-# at 1,000, 5,000 and 20,000 holdout rows, and let through 1.8% of real 0.02 drops at
-# 5,000 rows (none at 20,000). The point rule (measured drop <= 0.005) refused 21% of
-# such challengers at 1,000 rows and 4.8% at 5,000 (BENCHMARKS.md, "Gate study").
+# Derived from the gate study (bench/gate_study.py, BENCHMARKS.md "Gate study"), which
+# replays the real weekly loop; see there for the error rates of each rule.
 DEFAULT_RULES = (
     GateRule("roc_auc", floor=0.70, max_regression=0.0025, mode="noninferiority"),
-    GateRule("pr_auc", floor=0.20, max_regression=0.01),
-    GateRule("brier_score", floor=0.25, max_regression=0.005),
+    GateRule("roc_auc", max_regression=0.01, mode="noninferiority", against="best_recent"),
+    GateRule("pr_auc", floor=0.20, max_regression=0.01, mode="noninferiority"),
+    GateRule("brier_skill", floor=0.0, max_regression=0.02, mode="noninferiority"),
 )
+# How many of the newest registered versions the "best_recent" rules look at.
+RECENT_VERSIONS = 4
 
 
 @dataclass(frozen=True)
@@ -75,6 +100,8 @@ class RuleOutcome:
     reason: str
     mode: str = "point"
     confidence: float | None = None  # the level the regression was judged at (noninferiority)
+    against: str = "champion"
+    versus: str | None = None  # the version judged against
 
 
 @dataclass(frozen=True)
@@ -114,7 +141,7 @@ def _comparison_at(comparison: dict, confidence: float) -> tuple[PairedDifferenc
     diff = PairedDifference(**{k: v for k, v in comparison.items() if k in _DIFFERENCE_FIELDS})
     if math.isclose(diff.confidence, confidence, abs_tol=1e-9):
         return diff, confidence, ""
-    if diff.method == "DeLong" and math.isfinite(diff.standard_error):
+    if diff.method.startswith("DeLong") and math.isfinite(diff.standard_error):
         one, two = norm.ppf(confidence), norm.ppf((1 + confidence) / 2)
         d, se = diff.difference, diff.standard_error
         return dataclasses.replace(diff, confidence=confidence, ci_low=d - two * se, ci_high=d + two * se,
@@ -124,7 +151,8 @@ def _comparison_at(comparison: dict, confidence: float) -> tuple[PairedDifferenc
     return diff, diff.confidence, note
 
 
-def _noninferiority(rule: GateRule, comparisons: dict | None, regression: float) -> tuple[bool, str, float | None]:
+def _noninferiority(rule: GateRule, comparisons: dict | None, regression: float,
+                    versus: str) -> tuple[bool, str, float | None]:
     """(passed, reason, confidence level used) of a noninferiority rule against a champion;
     ``regression``: how much worse the challenger measured (positive = worse)."""
     comparison = (comparisons or {}).get(rule.metric)
@@ -144,28 +172,39 @@ def _noninferiority(rule: GateRule, comparisons: dict | None, regression: float)
     decision = noninferiority(diff, rule.max_regression, rule.metric in HIGHER_IS_BETTER)
     if decision.passed:
         return True, decision.reason + note, level
-    return False, f"regressed by {regression:.4f} vs champion {diff.champion:.4f}: {decision.reason}{note}", level
+    return False, f"regressed by {regression:.4f} vs {versus} {diff.champion:.4f}: {decision.reason}{note}", level
 
 
 def evaluate_gate(challenger: dict[str, float], champion: dict[str, float] | None,
                   rules: tuple[GateRule, ...] | list[GateRule],
-                  comparisons: dict[str, dict] | None = None) -> GateVerdict:
+                  comparisons: dict[str, dict] | None = None, best_recent: dict | None = None,
+                  champion_version: str | None = None) -> GateVerdict:
     """Apply ``rules`` to the challenger's metrics, against the champion's when there is one.
 
     Both metric dicts must come from the same holdout rows. A missing or NaN challenger
     metric fails its rule; with no champion only floors apply (a bootstrap deploy).
     ``comparisons``: metric -> ``dataclasses.asdict`` of an ``uncertainty.PairedDifference``
     (challenger - champion on those rows), needed by noninferiority rules; a rule whose
-    comparison is missing or undefined fails.
+    comparison is missing or undefined fails. ``champion_version`` without ``champion``
+    metrics means a champion exists but could not be compared: rules on a regression
+    then fail (no comparison, no pass). ``best_recent``: ``HoldoutEvaluation.best_recent``
+    for the rules ``against="best_recent"``; without it they pass with a note.
     """
     if not rules:
         raise ValueError("the deployment gate has no rules")
-    bootstrap = champion is None
+    bootstrap = champion is None and champion_version is None
     outcomes = []
     for rule in rules:
+        recent = rule.against == "best_recent"
+        if recent:
+            base_metrics, base_comparisons = ((best_recent or {}).get("metrics"),
+                                              (best_recent or {}).get("comparisons"))
+            versus = (best_recent or {}).get("version")
+        else:
+            base_metrics, base_comparisons, versus = champion, comparisons, champion_version
         higher = rule.metric in HIGHER_IS_BETTER
         value = challenger.get(rule.metric)
-        base = None if bootstrap else champion.get(rule.metric)
+        base = None if base_metrics is None else base_metrics.get(rule.metric)
         reasons, notes, level = [], [], None
         judged = rule.max_regression is not None and not bootstrap
         if _bad(value):
@@ -173,24 +212,42 @@ def evaluate_gate(challenger: dict[str, float], champion: dict[str, float] | Non
         else:
             if rule.floor is not None and (value < rule.floor if higher else value > rule.floor):
                 word = "below the floor" if higher else "above the ceiling"
-                reasons.append(f"{value:.4f} is {word} {rule.floor}")
-            if judged and _bad(base):
-                reasons.append(f"champion {rule.metric} is missing or NaN")
+                theirs = None if champion is None else champion.get(rule.metric)
+                if (rule.max_regression is not None and not _bad(theirs)
+                        and (theirs < rule.floor if higher else theirs > rule.floor)):
+                    # A floor keeps a model below it from replacing one above it. When the
+                    # market moved and production fails it too, refusing would keep the
+                    # older of two failing models: the rule's comparison with it decides
+                    # instead. A rule with a floor alone has no comparison; it stays absolute.
+                    notes.append(f"{value:.4f} is {word} {rule.floor}, and so is champion"
+                                 f" {champion_version or ''} ({theirs:.4f}): judged against it")
+                else:
+                    reasons.append(f"{value:.4f} is {word} {rule.floor}")
+            if judged and recent and base_metrics is None:
+                notes.append("no recent version could be compared on this holdout")
+            elif judged and base_metrics is None:
+                reasons.append(f"champion {champion_version} could not be scored on holdout rows clear of"
+                               " its own training weeks: no comparison, no pass")
+            elif judged and _bad(base):
+                reasons.append(f"{'best recent version' if recent else 'champion'} {rule.metric} is missing or NaN")
             elif judged:
                 # Positive regression = the challenger is worse by that much.
                 regression = (base - value) if higher else (value - base)
                 if rule.mode == "noninferiority":
-                    passed, why, level = _noninferiority(rule, comparisons, regression)
+                    who = (f"best recent version {versus}" if recent else
+                           f"champion {versus}" if versus else "champion")
+                    passed, why, level = _noninferiority(rule, base_comparisons, regression, who)
                     (notes if passed else reasons).append(why)
                 elif regression > rule.max_regression:
                     reasons.append(
-                        f"regressed by {regression:.4f} vs champion {base:.4f}"
+                        f"regressed by {regression:.4f} vs {'best recent version ' if recent else 'champion '}"
+                        f"{versus + ' ' if versus else ''}{base:.4f}"
                         f" (allowed {rule.max_regression})")
         reason = "; ".join(reasons) or "; ".join(notes) or "ok"
         outcomes.append(RuleOutcome(
             metric=rule.metric, challenger=float("nan") if value is None else float(value),
             champion=None if base is None else float(base), floor=rule.floor,
             max_regression=rule.max_regression, passed=not reasons, reason=reason,
-            mode=rule.mode, confidence=level,
+            mode=rule.mode, confidence=level, against=rule.against, versus=versus,
         ))
     return GateVerdict(all(o.passed for o in outcomes), bootstrap, tuple(outcomes))

@@ -6,20 +6,21 @@ from churn_assets.core.evaluation import EvaluationReport
 
 from churn_assets.defs.evaluation import evaluation_report
 from churn_assets.core.gate import GateVerdict
+from churn_assets.defs.reporting import gate_verdict
 from churn_assets.core.markdown import md_table
 from churn_assets.defs.decisions import record_run_outcome, rules_key
-from churn_assets.defs.reporting import gate_verdict
 from churn_assets.defs.resources import ChurnStorage, DeploymentGateRules
 from churn_assets.storage.candidates import CandidateLog
 
 
 def verdict_for(report: EvaluationReport, gate_rules: DeploymentGateRules) -> GateVerdict:
-    return gate_verdict(report.challenger, report.champion, gate_rules.gate_rules(), report.comparisons)
+    return gate_verdict(report, gate_rules.gate_rules())
 
 
 def verdict_metadata(verdict: GateVerdict) -> dict:
-    rows = [{"metric": o.metric, "challenger": o.challenger,
-             "champion": "-" if o.champion is None else o.champion,
+    rows = [{"metric": o.metric, "against": o.versus or o.against, "mode": o.mode,
+             "challenger": round(o.challenger, 4),
+             "reference": "-" if o.champion is None else round(o.champion, 4),
              "floor": "-" if o.floor is None else o.floor,
              "max_regression": "-" if o.max_regression is None else o.max_regression,
              "passed": "yes" if o.passed else "NO", "reason": o.reason} for o in verdict.outcomes]
@@ -28,12 +29,13 @@ def verdict_metadata(verdict: GateVerdict) -> dict:
 
 
 def record_refusal(storage: ChurnStorage, report: EvaluationReport, verdict: GateVerdict,
-                   run_id: str, recorded_by: str) -> dict:
+                   run_id: str, recorded_by: str, rules) -> dict:
     """Keep a refused challenger in ``registry/candidates.jsonl``: the registry's versions
     hold only what passed, and a refusal should be as readable as a promotion."""
-    # Issue 8: the data this refusal covered is not retrained on again (defs.decisions).
+    # The data this refusal covered is not retrained on again while the rules and the
+    # champion stay the same (defs.decisions).
     record_run_outcome(storage.root, run_id, "refused", verdict=verdict.summary,
-                       gate_rules=rules_key(verdict.outcomes))
+                       gate_rules=rules_key(rules), champion_version=report.champion_version)
     return CandidateLog(storage.registry().root).record({
         "run_id": run_id, "recorded_by": recorded_by, "challenger_fingerprint": report.challenger_fingerprint,
         "model_family": report.model_family, "threshold": report.threshold, "metrics": report.challenger,
@@ -53,7 +55,8 @@ def deployment_gate(context: dg.AssetCheckExecutionContext, evaluation_report: E
     metadata = verdict_metadata(verdict)
     if not verdict.passed:
         # The blocking check stops deployed_model from running, so the refusal is recorded here.
-        record_refusal(storage, evaluation_report, verdict, context.run.run_id, "deployment_gate")
+        record_refusal(storage, evaluation_report, verdict, context.run.run_id, "deployment_gate",
+                       gate_rules.gate_rules())
         metadata["recorded_in"] = dg.MetadataValue.path(str(CandidateLog(storage.registry().root).path))
     return dg.AssetCheckResult(passed=verdict.passed, severity=dg.AssetCheckSeverity.ERROR,
                                description=verdict.summary, metadata=metadata)

@@ -66,8 +66,9 @@ def coverage_of(frames: ModelingFrames, spec: FeatureSpec) -> dict:
 
 
 def rules_key(rules) -> list[list]:
-    """Gate rules as plain JSON, to tell whether a refusal was made under today's rules."""
-    return [[r.metric, r.floor, r.max_regression] for r in rules]
+    """Gate rules (``GateRule``) as plain JSON, every field that decides a refusal, to tell
+    whether a refusal was made under today's rules."""
+    return [[r.metric, r.floor, r.max_regression, r.mode, r.confidence, r.against] for r in rules]
 
 
 class DecisionLog:
@@ -123,25 +124,29 @@ def already_decided(home: str | Path, coverage: dict, spec: FeatureSpec, rules) 
     """Why no retrain is needed for ``coverage``, or None when one is.
 
     Covered when (1) the last decision was made on this coverage (a refusal only under
-    the same gate rules), or (2) production came from a run that evaluated this coverage
+    the same gate rules against the same champion), or (2) production came from a run
+    that evaluated this coverage
     (the run was killed after promoting, before recording), or (3) with no decision log
     at all (data directories from before this log), production's manifest names the same
     window, code and spec.
     """
     log = DecisionLog(home)
     last = log.last()
-    if last and last.get("signature") == coverage["signature"]:
-        if last.get("outcome") == "deployed":
-            return (f"production {last.get('version')} was deployed from exactly this labelled"
-                    f" history (newest final label {coverage['newest_final_snapshot']})")
-        if last.get("outcome") == "refused" and last.get("gate_rules") == rules_key(rules):
-            return (f"a challenger trained on exactly this labelled history (newest final label"
-                    f" {coverage['newest_final_snapshot']}) was refused by the gate in run"
-                    f" {str(last.get('run_id'))[:8]}; it would be refused again")
     try:
         production = open_registry(location(home) / "registry").production()
     except (RegistryError, OSError, ValueError, KeyError):
         return None  # an unreadable registry: retrain, and let the evaluation name the problem
+    if last and last.get("signature") == coverage["signature"]:
+        if last.get("outcome") == "deployed":
+            return (f"production {last.get('version')} was deployed from exactly this labelled"
+                    f" history (newest final label {coverage['newest_final_snapshot']})")
+        # A refusal holds only for what decided it: the data (the signature covers data,
+        # code and spec), every field of every rule, and the champion it lost to.
+        same_champion = last.get("champion_version") == (production.version if production else None)
+        if last.get("outcome") == "refused" and last.get("gate_rules") == rules_key(rules) and same_champion:
+            return (f"a challenger trained on exactly this labelled history (newest final label"
+                    f" {coverage['newest_final_snapshot']}) was refused by the gate in run"
+                    f" {str(last.get('run_id'))[:8]}; it would be refused again")
     if production is None:
         return None
     manifest = production.manifest

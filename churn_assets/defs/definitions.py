@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dagster as dg
 
+from churn_assets.defs.backtest import backtest_report_asset, churn_backtest
 from churn_assets.defs.checks import deployment_gate
 from churn_assets.defs.data import clean_features, raw_customers
 from churn_assets.defs.deployment import deployed_model
 from churn_assets.defs.evaluation import evaluation_report
 from churn_assets.defs.io_managers import JoblibIOManager, step_output_io_manager
 from churn_assets.defs.model import churn_model, fitted_scaler
-from churn_assets.defs.monitoring import MonitoringPlan, data_drift, model_health, model_health_sensor
+from churn_assets.defs.model_health import model_health
+from churn_assets.defs.monitoring import MonitoringPlan, data_drift, model_health_sensor
 from churn_assets.defs.resources import (ChurnStorage, DeploymentGateRules, TrainingPlan,
                                          source_from_settings)
 from churn_assets.defs.scores import RiskList, churn_scores
@@ -71,9 +73,9 @@ def build_executor(settings: Settings) -> dg.ExecutorDefinition:
 def build_defs(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or load_settings()
     return dg.Definitions(
-        assets=ASSETS,
+        assets=[*ASSETS, backtest_report_asset],
         asset_checks=CHECKS,
-        jobs=[churn_refresh],
+        jobs=[churn_refresh, churn_backtest],
         schedules=[weekly_refresh(settings)],
         sensors=[new_data_sensor(settings), churn_failure_alert,
                  model_health_sensor(settings)],

@@ -25,7 +25,8 @@ def deployed_model(context: dg.AssetExecutionContext, evaluation_report: Evaluat
     """
     verdict = verdict_for(evaluation_report, gate_rules)
     if not verdict.passed:
-        record_refusal(storage, evaluation_report, verdict, context.run.run_id, "deployed_model")
+        record_refusal(storage, evaluation_report, verdict, context.run.run_id, "deployed_model",
+                       gate_rules.gate_rules())
         raise dg.Failure(description=f"deployment refused by the gate: {verdict.summary}",
                          metadata=verdict_metadata(verdict), allow_retries=False)
     if evaluation_report.challenger_fingerprint != churn_model.fingerprint:
@@ -51,7 +52,18 @@ def deployed_model(context: dg.AssetExecutionContext, evaluation_report: Evaluat
         "champion_metrics": evaluation_report.champion,
         "champion_version": current,
         "comparisons": evaluation_report.comparisons,
+        "best_recent": evaluation_report.best_recent,
+        "compared_rows": evaluation_report.compared_rows,
+        "holdout_uncertainty": evaluation_report.uncertainty,
         "calibration": evaluation_report.calibration,
+        "calibration_method": churn_model.validation_metrics.get("calibration"),
+        # The holdout scored the evaluated fit; the deployed fit learned the newest weeks
+        # with final labels (core.training). It serves snapshots from as_of on: the first
+        # week whose labels its training rows do not reach.
+        "evaluated_fit": {"trained_on": (churn_model.data_window or {}).get("train"),
+                          "holdout_roc_auc": evaluation_report.challenger.get("roc_auc")},
+        "deployed_fit": {"trained_on": (churn_model.data_window or {}).get("serving")},
+        "served_from": (churn_model.data_window or {}).get("as_of"),
         "feature_importance": [list(row) for row in evaluation_report.importance],
         "validation_metrics": churn_model.validation_metrics,
         "feature_spec": churn_model.spec.to_dict(),

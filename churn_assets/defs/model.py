@@ -42,10 +42,11 @@ def fitted_scaler(context: dg.AssetExecutionContext, clean_features: ModelingFra
 def churn_model(context: dg.AssetExecutionContext, config: ModelConfig,
                 clean_features: ModelingFrames, fitted_scaler: Pipeline,
                 training_plan: TrainingPlan) -> dg.MaterializeResult:
-    """The challenger: every model family fitted on the training weeks (without the
-    snapshots that share a churn event with validation customers), the best on the
-    validation weeks kept, calibrated and its threshold tuned there, then refit on the
-    whole window (``core.training.train_challenger``)."""
+    """The challenger, as two fits of one recipe (``core.training.train_challenger``):
+    every family fitted on the train weeks, which end one label horizon before the
+    validation weeks; the best on validation kept, its calibrator chosen and its
+    threshold tuned there. That evaluated fit is what the holdout scores. The same family
+    is then fitted on the newest weeks with final labels: the deployed fit."""
     unknown = sorted(set(config.families) - set(MODEL_FAMILIES))
     if unknown or not config.families:
         raise dg.Failure(description=f"churn_model config: unknown model families {unknown or '(none given)'};"
@@ -55,8 +56,13 @@ def churn_model(context: dg.AssetExecutionContext, config: ModelConfig,
         clean_features, spec, fitted_scaler, config.families, config.seed, code_version(),
         trained_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
-    rows = [{"family": f, "chosen": "yes" if f == predictor.family else "", **m} for f, m in candidates.items()]
-    context.log.info(f"chose {predictor.family} (validation ROC AUC {predictor.validation_metrics['roc_auc']:.4f})")
+    rows = [{"family": f, "chosen": "yes" if f == predictor.family else "",
+             **{k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}}
+            for f, m in candidates.items()]
+    calibration = predictor.validation_metrics.get("calibration", "?")
+    context.log.info(f"chose {predictor.family} (validation ROC AUC {predictor.validation_metrics['roc_auc']:.4f},"
+                     f" calibration {calibration})")
+    window = predictor.data_window
     return dg.MaterializeResult(
         value=predictor,
         metadata={
@@ -64,7 +70,11 @@ def churn_model(context: dg.AssetExecutionContext, config: ModelConfig,
             "threshold": predictor.threshold,
             "validation_roc_auc": predictor.validation_metrics["roc_auc"],
             "candidates": dg.MetadataValue.md(md_table(rows)),
-            "training_rows": clean_features.training_rows,
+            "calibration": calibration,
+            "evaluated_fit_weeks": dg.MetadataValue.json({"train": window.get("train")}),
+            "deployed_fit_weeks": dg.MetadataValue.json({"serving": window.get("serving")}),
+            "evaluated_fit_rows": len(clean_features.train),
+            "deployed_fit_rows": clean_features.serving_rows(spec),
             "fingerprint": predictor.fingerprint,
             "code_version": predictor.code_version,
         },

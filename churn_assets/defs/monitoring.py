@@ -23,7 +23,6 @@ import json
 import math
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 
 from churn_assets.core.markdown import md_table
@@ -33,8 +32,8 @@ from churn_assets.defs.alerts import WEBHOOK_ENV, post_alert
 from churn_assets.defs.resources import ChurnStorage, TrainingPlan
 from churn_assets.defs.schedules import as_of_run_config, churn_refresh, refresh_in_progress
 from churn_assets.health.drift import DriftThresholds
-from churn_assets.health.plots import drift_bars, png_markdown, realized_performance_trend
-from churn_assets.health.production import (drift_report, estimated_week, realized_week, sample_parts, sample_rows,
+from churn_assets.health.plots import drift_bars, png_markdown
+from churn_assets.health.production import (drift_report, sample_parts, sample_rows,
                                             week_start)
 from churn_assets.settings import MonitoringSettings, Settings
 from churn_assets.storage.health_log import HealthLog
@@ -114,13 +113,24 @@ def _reference(frames: ModelingFrames, storage: ChurnStorage, spec: FeatureSpec,
     """
     ts = spec.timestamp_column
     lo, hi = pd.Timestamp(span[0]), pd.Timestamp(span[1])
-    parts = [frames.train, frames.validation, frames.holdout]
+    parts = frames.frames
     inside = [f[ts].dt.normalize().between(lo, hi).to_numpy() for f in parts]
     weeks = pd.concat([week_start(f[ts][k]) for f, k in zip(parts, inside)]).nunique()
     expected = (hi - lo).days // 7 + 1
     if weeks and weeks >= 0.75 * expected:
         return sample_parts(parts, cap, keep=inside)
     return sample_rows(_history(storage, spec, since=lo, until=hi), cap)
+
+
+def _first_served_week(storage: ChurnStorage, spec: FeatureSpec, manifest: dict) -> pd.DataFrame:
+    """The stored snapshot week starting on the production model's ``served_from`` day
+    (its as_of; older manifests: the week after its holdout); empty if not stored."""
+    day = manifest.get("served_from") or ((manifest.get("data_window") or {}).get("holdout") or [None, None])[1]
+    if not day:
+        return _no_rows(spec)
+    start = pd.Timestamp(day) + (pd.Timedelta(0) if manifest.get("served_from") else pd.Timedelta(days=1))
+    start = start - pd.Timedelta(days=start.day_of_week)
+    return _history(storage, spec, since=start, until=start + pd.Timedelta(days=6))
 
 
 def _labelled(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
@@ -173,10 +183,13 @@ def data_drift(context: dg.AssetCheckExecutionContext, clean_features: ModelingF
     version, manifest, predictor = production if production else (None, {}, None)
     window = manifest.get("data_window") or {}
     reference, reference_from = pd.DataFrame(), "clean_features training window (no production model)"
-    if window.get("train") and window.get("validation"):
-        reference = _reference(clean_features, storage, spec, (window["train"][0], window["validation"][1]),
-                               monitoring.reference_sample_rows)
-        reference_from = f"{version} training window {window['train'][0]} .. {window['validation'][1]}"
+    # The weeks the served model learned from: its deployed fit's (``serving``), or for
+    # older models, refit on train and validation, those.
+    span = window.get("serving") or (
+        [window["train"][0], window["validation"][1]] if window.get("train") and window.get("validation") else None)
+    if span:
+        reference = _reference(clean_features, storage, spec, span, monitoring.reference_sample_rows)
+        reference_from = f"{version} training window {span[0]} .. {span[1]}"
     if reference.empty:
         if version is not None:
             reference_from = f"clean_features training window ({version}'s weeks are not in the history)"
@@ -187,14 +200,21 @@ def data_drift(context: dg.AssetCheckExecutionContext, clean_features: ModelingF
     current = _history(storage, spec, since=since)
     weeks = sorted(current[WEEK].unique())
     ref_scores = cur_scores = None
-    if predictor is not None and len(current) and len(reference):
-        # Scoring is the expensive part (a 250-tree booster); PSI over 10 bins needs far
-        # fewer rows than the feature comparison to be stable to ~0.002.
-        ref_scores = predictor.predict_proba(sample_rows(reference, monitoring.score_sample_rows, seed=1))
-        cur_scores = predictor.predict_proba(sample_rows(current, monitoring.score_sample_rows, seed=1))
+    score_reference = "none (no production model)"
+    if predictor is not None and len(current):
+        # Scores are compared with the production model's scores on the first week it
+        # served: rows it never trained on. Its scores on its own training window would
+        # be in-sample, sharper than anything it will see again. Scoring is the expensive
+        # part (a 250-tree booster); PSI over 10 bins is stable to ~0.002 at 10,000 rows.
+        first = _first_served_week(storage, spec, manifest)
+        if len(first):
+            ref_scores = predictor.predict_proba(sample_rows(first, monitoring.score_sample_rows, seed=1))
+            cur_scores = predictor.predict_proba(sample_rows(current, monitoring.score_sample_rows, seed=1))
+            score_reference = f"{version}'s scores on the first week it served ({first[WEEK].iloc[0]})"
     report = drift_report(reference, current, list(spec.numeric_features), list(spec.categorical_features),
                           monitoring.thresholds(), ref_scores, cur_scores,
-                          reference[LABEL].to_numpy(), clean_features.holdout[LABEL].to_numpy())
+                          reference[LABEL].to_numpy(), clean_features.holdout[LABEL].to_numpy(),
+                          category_aliases=spec.category_aliases)
     as_of = str(clean_features.as_of.date())
     psi = {d.feature: d.psi for d in report.all}
     log = health_log(storage)
@@ -213,6 +233,7 @@ def data_drift(context: dg.AssetCheckExecutionContext, clean_features: ModelingF
         "drift_chart": dg.MetadataValue.md(png_markdown(
             drift_bars(report.all, monitoring.psi_watch, monitoring.psi_act), "PSI by column")),
         "reference": reference_from, "current_weeks": ", ".join(weeks),
+        "score_reference": score_reference,
         "reference_rows": len(reference), "current_rows": len(current),
         "production_version": str(version),
     }
@@ -226,163 +247,6 @@ def data_drift(context: dg.AssetCheckExecutionContext, clean_features: ModelingF
                    + (f"; act on {', '.join(acting)}" if acting else ""))
     return dg.AssetCheckResult(passed=passed, severity=dg.AssetCheckSeverity.WARN,
                                description=description, metadata=metadata)
-
-
-def _score_weeks(predictor, rows: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Week -> (labels, P(churn)) of ``predictor`` on ``rows``, in one predict call."""
-    if rows.empty:
-        return {}
-    proba = predictor.predict_proba(rows)
-    labels = rows[LABEL].to_numpy()
-    return {week: (labels[index], proba[index]) for week, index in rows.groupby(WEEK).indices.items()}
-
-
-def _realized_records(version: str, manifest: dict, predictor, rows: pd.DataFrame, run_id: str) -> list[dict]:
-    base = {"kind": "realized", "version": version, "deploy_roc_auc": _deploy_auc(manifest),
-            "deploy_metrics": manifest.get("metrics") or {}, "run_id": run_id}
-    return [{**base, "week": week, **realized_week(y, p, predictor.threshold)}
-            for week, (y, p) in sorted(_score_weeks(predictor, rows).items())]
-
-
-@dg.asset(group_name="churn", kinds={"pandas"},
-          description="Production model health: realized metrics per matured week against the"
-                      " deploy-time AUC, estimated metrics (CBPE) on weeks whose labels are open.")
-def model_health(context: dg.AssetExecutionContext, clean_features: ModelingFrames, storage: ChurnStorage,
-                 training_plan: TrainingPlan, monitoring: MonitoringPlan) -> dg.MaterializeResult:
-    production = _production(storage, context)
-    if production is None:
-        return dg.MaterializeResult(metadata={"status": "no model in production yet"})
-    version, manifest, predictor = production
-    spec = training_plan.feature_spec()
-    ts = spec.timestamp_column
-    cutoff, run_id = clean_features.label_cutoff, context.run.run_id
-    log = health_log(storage)
-    realized = log.keyed("realized")
-    holdout_end = ((manifest.get("data_window") or {}).get("holdout") or [None, None])[1]
-    holdout_end = pd.Timestamp(holdout_end) if holdout_end else cutoff - pd.Timedelta(weeks=monitoring.decay_weeks)
-    cap = monitoring.rows_per_week
-    # Which weeks are open is known from the week list alone, except for a week the
-    # label cutoff falls inside: only its rows can say. Weeks older than the horizon are
-    # never read again (a long-stale model or a deleted version must not make every run
-    # re-read months of history; weekly runs never need it).
-    horizon = cutoff - pd.Timedelta(weeks=max(8, monitoring.decay_weeks))
-    six = pd.Timedelta(days=6)
-    stored = [pd.Timestamp(w) for w in storage.history().weeks() if pd.Timestamp(w) + six >= horizon]
-    loaded: dict[str, pd.DataFrame] = {}
-
-    def week_rows(week: str) -> pd.DataFrame:
-        # One week file at a time, sampled at once: the rest of it is never needed.
-        if week not in loaded:
-            start = pd.Timestamp(week)
-            loaded[week] = sample_rows(_history(storage, spec, since=start, until=start + six), cap)
-        return loaded[week]
-
-    open_weeks = {f"{w:%Y-%m-%d}" for w in stored if w > cutoff}
-    for w in stored:
-        if w <= cutoff < w + six and (week_rows(f"{w:%Y-%m-%d}")[ts] > cutoff).any():
-            open_weeks.add(f"{w:%Y-%m-%d}")
-    matured_weeks = {f"{w:%Y-%m-%d}" for w in stored} - open_weeks
-    # Weeks that start after the holdout's last snapshot: those the model never saw scored.
-    since_weeks = {w for w in matured_weeks if pd.Timestamp(w) > holdout_end}
-
-    def rows_of(weeks, after=None) -> pd.DataFrame:
-        parts = [week_rows(w) for w in sorted(weeks)]
-        frame = pd.concat(parts) if parts else _no_rows(spec)
-        if after is not None:
-            frame = frame[frame[ts] > after]
-        return _labelled(frame, spec)
-
-    records: list[dict] = []
-    # 1. Decay: production on every week matured after its holdout, not yet recorded.
-    todo = sorted(w for w in since_weeks if (version, w) not in realized)
-    records += _realized_records(version, manifest, predictor, rows_of(todo, after=holdout_end), run_id)
-
-    # 2. Earlier estimates (of any version) whose week has matured: record the truth beside them.
-    registry = storage.registry()
-    pending: dict[str, list[str]] = {}
-    for (v, w) in log.keyed("estimate"):
-        if v != version and w in matured_weeks and (v, w) not in realized:
-            pending.setdefault(v, []).append(w)
-    for other, weeks in sorted(pending.items()):
-        try:
-            entry = registry.get(other)
-            records += _realized_records(other, entry.manifest, registry.load(entry), rows_of(weeks), run_id)
-        except RegistryError as exc:
-            context.log.warning(f"cannot score {other} on matured weeks {weeks}: {exc}")
-
-    # 3. Estimates on weeks whose labels are still open: each week once, by the model in
-    #    production when it arrived (the one that served it), plus the newest week by the
-    #    current production model. Re-estimating every open week for every new version
-    #    would score four weeks each run for a number nobody compares against.
-    estimates = log.keyed("estimate")
-    seen = {w for (_, w) in estimates}
-    newest = max(open_weeks) if open_weeks else None
-    wanted = sorted(w for w in open_weeks if w not in seen or (w == newest and (version, w) not in estimates))
-    scored = _score_weeks(predictor, rows_of(wanted))
-    for week, (_, proba) in sorted(scored.items()):
-        records.append({"kind": "estimate", "version": version, "week": week, "as_of": str(cutoff.date()),
-                        "deploy_roc_auc": _deploy_auc(manifest), "threshold": float(predictor.threshold),
-                        "run_id": run_id, **estimated_week(proba, predictor.threshold, monitoring.estimate_draws)})
-    log.append(*records)
-
-    # 4. Decay verdict over the newest matured weeks since deploy (rows-weighted mean AUC).
-    mine = sorted((r for (v, w), r in log.keyed("realized").items()
-                   if v == version and w in since_weeks), key=lambda r: r["week"])[-monitoring.decay_weeks:]
-    deploy_auc = _deploy_auc(manifest)
-    realized_auc = _weighted([(r.get("roc_auc"), r.get("rows", 0)) for r in mine])
-    realized_ece = _weighted([(r.get("ece"), r.get("rows", 0)) for r in mine])
-    decay = deploy_auc - realized_auc
-    decayed = bool(decay > monitoring.max_auc_decay)
-    as_of = str(clean_features.as_of.date())
-    if decayed:
-        detail = (f"realized ROC AUC {realized_auc:.3f} over {len(mine)} matured week(s) since deploy"
-                  f" ({mine[0]['week']} .. {mine[-1]['week']}) is {decay:.3f} below the deploy-time"
-                  f" {deploy_auc:.3f} (allowed {monitoring.max_auc_decay})")
-        raise_alarm(log, context, "decay", version, as_of, detail)
-    return dg.MaterializeResult(metadata=_health_metadata(log, version, deploy_auc, realized_auc, decay,
-                                                          realized_ece, len(mine), decayed))
-
-
-def _weighted(pairs) -> float:
-    pairs = [(float(v), float(n)) for v, n in pairs if v is not None and n and not math.isnan(float(v))]
-    total = sum(n for _, n in pairs)
-    return sum(v * n for v, n in pairs) / total if total else math.nan
-
-
-def _health_metadata(log: HealthLog, version: str, deploy_auc: float, realized_auc: float, decay: float,
-                     realized_ece: float, matured_weeks: int, decayed: bool) -> dict:
-    served = log.served_weeks()
-    newest = next((r for r in reversed(log.records("estimate")) if r.get("version") == version), None)
-    both = [r for r in served if r["estimated_roc_auc"] is not None and r["realized_roc_auc"] is not None]
-    table = [{"week": r["week"], "version": r["version"],
-              **{k: "-" if r[k] is None else r[k] for k in ("estimated_roc_auc", "estimated_low", "estimated_high",
-                                                            "realized_roc_auc", "deploy_roc_auc", "ece")}}
-             for r in served[-16:]]
-    metadata = {
-        "status": "decay" if decayed else "ok", "production_version": version,
-        "deploy_roc_auc": deploy_auc, "realized_roc_auc": realized_auc, "auc_decay": decay,
-        "realized_ece": realized_ece, "matured_weeks_since_deploy": matured_weeks,
-        "weeks": dg.MetadataValue.md(md_table(table)),
-        "trend": dg.MetadataValue.md(png_markdown(realized_performance_trend(served), "ROC AUC by week")),
-    }
-    if newest is not None:
-        metadata.update({
-            "estimate_week": newest["week"], "estimated_roc_auc": _f(newest.get("roc_auc")),
-            "estimated_roc_auc_low": _f(newest.get("roc_auc_low")),
-            "estimated_roc_auc_high": _f(newest.get("roc_auc_high")),
-            "expected_churn_rate": _f(newest.get("expected_churn_rate")),
-            "estimated_precision": _f(newest.get("precision")), "estimated_recall": _f(newest.get("recall")),
-        })
-    if both:
-        # How far past estimates were from the truth: the trust to put in today's estimate.
-        errors = [abs(r["estimated_roc_auc"] - r["realized_roc_auc"]) for r in both]
-        metadata["estimate_abs_error_mean"] = float(np.mean(errors))
-        metadata["estimate_within_0_02_share"] = float(np.mean([e <= 0.02 for e in errors]))
-    return metadata
-
-
-def _f(value) -> float:
-    return math.nan if value is None else float(value)
 
 
 def model_health_sensor(settings: Settings) -> dg.SensorDefinition:

@@ -7,19 +7,14 @@ imports Dagster, so ``churn-assets card`` and ``versions`` start quickly.
 from __future__ import annotations
 
 import base64
-import inspect
 import math
 import re
-from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from churn_assets.core.calibration import expected_calibration_error
 from churn_assets.core.gate import GateVerdict, evaluate_gate
 from churn_assets.core.metrics import HIGHER_IS_BETTER, METRIC_NAMES
-from churn_assets.core.uncertainty import delong_test, paired_bootstrap
 from churn_assets.health import plots as health_plots
 from churn_assets.health.card import render_model_card
 from churn_assets.health.importance import permutation_importance_raw
@@ -28,11 +23,6 @@ from churn_assets.storage.atomic import atomic_write_bytes
 from churn_assets.storage.candidates import CandidateLog
 from churn_assets.storage.registry import ModelRegistry, ModelVersion, RegistryError
 
-# Compared with a confidence interval in every run. ROC AUC has a closed-form paired
-# test (DeLong); the others have none, so they are bootstrapped on the same resamples.
-BOOTSTRAPPED = ("pr_auc", "brier_score", "log_loss", "ece")
-COMPARED = ("roc_auc",) + BOOTSTRAPPED
-N_RESAMPLES = 1000
 # Permutation importance costs features x repeats predictions: a few thousand rows and
 # three repeats keep it near a second while ranking the features stably.
 IMPORTANCE_ROWS, IMPORTANCE_REPEATS, IMPORTANCE_TOP = 3000, 3, 15
@@ -42,32 +32,30 @@ PLOT_FILES = {"roc_pr": "roc_pr.png", "reliability": "reliability.png",
 CARD_FILE = "card.md"
 
 
-def gate_verdict(challenger: dict, champion: dict | None, rules, comparisons: dict | None) -> GateVerdict:
-    """``evaluate_gate``, given the paired comparisons once it accepts them (issue 10)."""
-    if "comparisons" in inspect.signature(evaluate_gate).parameters:
-        return evaluate_gate(challenger, champion, rules, comparisons=comparisons or None)
-    return evaluate_gate(challenger, champion, rules)
+def gate_verdict(report, rules) -> GateVerdict:
+    """The gate's verdict on an ``EvaluationReport`` under ``rules`` (``GateRule``s)."""
+    return evaluate_gate(report.challenger, report.champion, tuple(rules),
+                         comparisons=report.comparisons or None, best_recent=report.best_recent,
+                         champion_version=report.champion_version)
 
 
-def paired_comparisons(y_true, proba_challenger, proba_champion, threshold_challenger: float,
-                       threshold_champion: float, seed: int = 0) -> dict[str, dict]:
-    """Challenger - champion per metric in ``COMPARED``, each ``asdict(PairedDifference)``."""
-    y = np.asarray(y_true, dtype=int)
-    a = np.clip(np.asarray(proba_challenger, dtype=float), 0.0, 1.0)
-    b = np.clip(np.asarray(proba_champion, dtype=float), 0.0, 1.0)
-    out = {"roc_auc": asdict(delong_test(y, a, b))}
-    boot = paired_bootstrap(y, a, b, metrics=BOOTSTRAPPED, threshold_challenger=threshold_challenger,
-                            threshold_champion=threshold_champion, n_resamples=N_RESAMPLES, seed=seed)
-    out.update({name: asdict(diff) for name, diff in boot.items()})
-    return out
+def calibration_rows(calibration: dict) -> list[dict]:
+    """ECE of each model beside what a perfectly calibrated model shows on as many rows."""
+    rows = []
+    for who in ("challenger", "champion"):
+        ece = calibration.get(f"{who}_ece")
+        if ece is None:
+            continue
+        mean, p95 = calibration.get(f"{who}_ece_noise_mean"), calibration.get(f"{who}_ece_noise_p95")
+        verdict = "-" if not (_finite(ece) and _finite(p95)) else (
+            "within noise" if ece <= p95 else "above noise: miscalibrated")
+        rows.append({"model": who, "ECE": _round(ece), "calibrated model would show (mean)": _round(mean),
+                     "95th percentile": _round(p95), "verdict": verdict})
+    return rows
 
 
-def calibration_errors(y_true, proba_challenger, proba_champion=None) -> dict[str, float]:
-    y = np.asarray(y_true, dtype=int)
-    out = {"challenger_ece": expected_calibration_error(y, np.clip(proba_challenger, 0, 1))}
-    if proba_champion is not None:
-        out["champion_ece"] = expected_calibration_error(y, np.clip(proba_champion, 0, 1))
-    return out
+def _round(value, digits: int = 4):
+    return round(float(value), digits) if _finite(value) else "-"
 
 
 def importance_rows(predictor, holdout: pd.DataFrame, y_true, seed: int = 0) -> list[tuple[str, float, float]]:
@@ -147,9 +135,9 @@ def comparison_rows(challenger: dict, champion: dict | None, comparisons: dict) 
               if _finite(c.get("ci_low")) and _finite(c.get("ci_high")) else "-")
         better = None if delta is None or math.isnan(delta) else (
             delta >= 0 if name in HIGHER_IS_BETTER else delta <= 0)
-        rows.append({"metric": name, "challenger": value, "champion": "-" if old is None else old,
-                     "delta": "-" if delta is None else delta, "95% CI of delta": ci,
-                     "p": c.get("p_value") if _finite(c.get("p_value")) else "-",
+        rows.append({"metric": name, "challenger": _round(value), "champion": "-" if old is None else _round(old),
+                     "delta": "-" if delta is None else _round(delta), "95% CI of delta": ci,
+                     "p": _round(c.get("p_value")),
                      "challenger better or equal": "-" if better is None else ("yes" if better else "no")})
     return rows
 

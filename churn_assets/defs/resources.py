@@ -11,7 +11,7 @@ import pandas as pd
 from pyarrow import ArrowException
 from pydantic import Field
 
-from churn_assets.core.gate import DEFAULT_RULES, GateRule
+from churn_assets.core.gate import DEFAULT_RULES, RECENT_VERSIONS, GateRule
 from churn_assets.core.spec import FeatureSpec, SpecError, load_spec
 from churn_assets.core.training import WindowPlan
 from churn_assets.settings import SourceSettings
@@ -107,13 +107,18 @@ class GateRuleConfig(dg.Config):
     metric: str
     floor: float | None = None
     max_regression: float | None = None
-    mode: str = "point"
+    mode: str | None = None
     confidence: float = 0.95
+    against: str = "champion"
+
+    @classmethod
+    def of(cls, rule: GateRule) -> GateRuleConfig:
+        return cls(metric=rule.metric, floor=rule.floor, max_regression=rule.max_regression,
+                   mode=rule.mode, confidence=rule.confidence, against=rule.against)
 
 
 def _default_rules() -> list[GateRuleConfig]:
-    return [GateRuleConfig(metric=r.metric, floor=r.floor, max_regression=r.max_regression,
-                           mode=r.mode, confidence=r.confidence) for r in DEFAULT_RULES]
+    return [GateRuleConfig.of(r) for r in DEFAULT_RULES]
 
 
 class DeploymentGateRules(dg.ConfigurableResource):
@@ -121,13 +126,15 @@ class DeploymentGateRules(dg.ConfigurableResource):
 
     rules: list[GateRuleConfig] = Field(default_factory=_default_rules)
 
+    recent_versions: int = RECENT_VERSIONS
+
     def gate_rules(self) -> tuple[GateRule, ...]:
-        return tuple(GateRule(r.metric, r.floor, r.max_regression, r.mode, r.confidence) for r in self.rules)
+        return tuple(GateRule(r.metric, r.floor, r.max_regression, r.mode, r.confidence, r.against)
+                     for r in self.rules)
 
     @classmethod
     def from_rules(cls, rules) -> DeploymentGateRules:
-        return cls(rules=[GateRuleConfig(metric=r.metric, floor=r.floor, max_regression=r.max_regression,
-                                         mode=r.mode, confidence=r.confidence) for r in rules])
+        return cls(rules=[GateRuleConfig.of(r) for r in rules])
 
 
 def source_from_settings(source: SourceSettings) -> CustomerSource:
@@ -137,7 +144,7 @@ def source_from_settings(source: SourceSettings) -> CustomerSource:
     their environment variables when the source connects, once per run.
     """
     options = source.model_dump(exclude={"kind"}, exclude_none=True)
-    for key in ("as_of", "start_date", "snapshot_end"):
+    for key in ("as_of", "start_date", "snapshot_end", "scenario_start"):
         if key in options:
             options[key] = options[key].isoformat()
     if source.kind == "simulator":

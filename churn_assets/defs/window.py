@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 
 from churn_assets.core.spec import LABEL, FeatureSpec, churn_label
-from churn_assets.core.training import ModelingFrames, WindowPlan, label_cutoff, split_by_time
+from churn_assets.core.windows import (ModelingFrames, WindowPlan, check_frames, label_cutoff,
+                                       split_by_time)
 from churn_assets.storage.history import CustomerHistory
 
 MARGIN_WEEKS = 1
@@ -13,10 +14,12 @@ MARGIN_WEEKS = 1
 
 def window_start(spec: FeatureSpec, plan: WindowPlan, as_of: pd.Timestamp) -> pd.Timestamp:
     """The oldest snapshot date ``split_by_time`` can use when the history is current:
-    ``as_of - label horizon - (training + holdout weeks) - 1 week`` (the margin covers a
-    newest labelled snapshot up to a week before the label cutoff)."""
+    ``as_of - label horizon - (training + holdout weeks) - label horizon - 1 week`` (the
+    train weeks sit one label horizon before validation; the margin covers a newest
+    labelled snapshot up to a week before the label cutoff)."""
     return label_cutoff(spec, as_of) - pd.Timedelta(
-        weeks=plan.training_window_weeks + plan.holdout_weeks + MARGIN_WEEKS)
+        weeks=plan.training_window_weeks + plan.holdout_weeks + MARGIN_WEEKS,
+        days=spec.label_horizon_days)
 
 
 def load_training_history(history: CustomerHistory, spec: FeatureSpec, plan: WindowPlan,
@@ -36,8 +39,8 @@ def load_training_history(history: CustomerHistory, spec: FeatureSpec, plan: Win
     final = dates[dates <= label_cutoff(spec, as_of)]
     if final.empty:
         return history.load()
-    train_start, _, _ = plan.boundaries(final.max())  # where split_by_time's window starts
-    return frame if train_start >= since else history.load()
+    oldest = plan.bounds(final, spec.label_horizon_days).oldest_needed
+    return frame if oldest >= since else history.load()
 
 
 def load_modeling_frames(history: CustomerHistory, spec: FeatureSpec, plan: WindowPlan,
@@ -47,11 +50,11 @@ def load_modeling_frames(history: CustomerHistory, spec: FeatureSpec, plan: Wind
     ``NotEnoughHistory`` as ``split_by_time`` does.
 
     Reading the window and then splitting it held the window, its labelled part and the
-    three splits at once: 10.25 GiB for a 15.6 M-row first refresh, and the peak of the
-    weekly refresh (BENCHMARKS.md, "History at scale"). Here the dates of the window are
-    read first (the split's boundaries and the held-back count need nothing else), then
-    each split from its own weeks: a split read alone and sorted by (customer, date) is
-    the split cut from the sorted window.
+    splits at once: 10.25 GiB for a 15.6 M-row first refresh, and the peak of the weekly
+    refresh (BENCHMARKS.md, "History at scale"). Here the dates of the window are read
+    first (the boundaries and the held-back count need nothing else), then each split
+    from its own weeks: a split read alone and sorted by (customer, date) is the split
+    cut from the sorted window.
     """
     as_of = pd.Timestamp(as_of)
     ts = spec.timestamp_column
@@ -62,32 +65,33 @@ def load_modeling_frames(history: CustomerHistory, spec: FeatureSpec, plan: Wind
         return None
     dates = pd.to_datetime(dates[ts])
     final = dates[dates <= cutoff]
-    if not final.empty:
-        train_start, validation_start, holdout_start = plan.boundaries(final.max())
-    if final.empty or train_start < since:
+    bounds = plan.bounds(final, spec.label_horizon_days) if not final.empty else None
+    if bounds is None or bounds.oldest_needed < since:
         # A gap in the history: the window reaches behind the read (load_training_history).
         return _split_whole(history, spec, plan, as_of)
     held_back = int((dates > cutoff).sum())
     del dates, final
 
     def split(lo: pd.Timestamp, before: pd.Timestamp | None) -> pd.DataFrame:
-        # ``load`` bounds are inclusive: read up to ``before`` and drop rows dated exactly
-        # then (they belong to the next split), copying only if there are any.
+        # ``load`` bounds are inclusive: read up to ``before`` and drop rows dated on or
+        # after it (they belong to the next split), copying only if there are any.
         frame = history.load(since=lo, until=cutoff if before is None else before)
-        if before is not None and (pd.to_datetime(frame[ts]) >= before).any():
-            frame = frame[pd.to_datetime(frame[ts]) < before].reset_index(drop=True)
+        if before is not None and (pd.to_datetime(frame[ts]).dt.normalize() >= before).any():
+            frame = frame[(pd.to_datetime(frame[ts]).dt.normalize() < before).to_numpy()].reset_index(drop=True)
         frame[LABEL] = churn_label(frame[spec.target_column], spec)
         return frame
 
     frames = ModelingFrames(
-        train=split(train_start, validation_start), validation=split(validation_start, holdout_start),
-        holdout=split(holdout_start, None), as_of=as_of, label_cutoff=cutoff,
-        held_back_rows=held_back)
-    for name in ("train", "validation", "holdout"):
-        frame = getattr(frames, name)
-        if frame.empty or frame[LABEL].nunique() < 2:
-            # split_by_time words this refusal; it is rare, so let it say it.
-            return _split_whole(history, spec, plan, as_of)
+        train=split(bounds.train_start, bounds.train_end),
+        validation=split(bounds.validation_start, bounds.holdout_start),
+        holdout=split(bounds.holdout_start, None), as_of=as_of, label_cutoff=cutoff,
+        held_back_rows=held_back, embargo=split(bounds.train_end, bounds.validation_start),
+        serving_start=bounds.serving_start)
+    try:
+        check_frames(frames, bounds)
+    except ValueError:
+        # split_by_time words this refusal; it is rare, so let it say it.
+        return _split_whole(history, spec, plan, as_of)
     return frames
 
 

@@ -20,6 +20,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from churn_assets.core.features import canonical_categories
+
 KINDS = ("numeric", "categorical", "prediction", "target")
 MISSING = "missing"
 UNSEEN = "unseen"
@@ -187,17 +189,24 @@ def _by_psi_descending(drifts: Iterable[FeatureDrift]) -> list[FeatureDrift]:
 
 
 def feature_drift(reference: pd.DataFrame, current: pd.DataFrame, numeric: list[str],
-                  categorical: list[str], n_bins: int = 10, eps: float = 1e-4) -> list[FeatureDrift]:
+                  categorical: list[str], n_bins: int = 10, eps: float = 1e-4,
+                  category_aliases: dict[str, dict[str, str]] | None = None) -> list[FeatureDrift]:
     """PSI of every listed column, sorted by PSI descending (undefined PSI last).
 
     Both frames must contain every listed column: a column missing from ``current`` is
-    a schema break that belongs to validation, not a drift number.
+    a schema break that belongs to validation, not a drift number. Categories are
+    compared as the model reads them: stripped, case-folded, ``category_aliases`` (the
+    spec's, per column) resolved, so an export that starts writing "CC" for "Credit Card"
+    moves no model input and no PSI.
     """
     absent = [c for c in [*numeric, *categorical] if c not in reference.columns or c not in current.columns]
     if absent:
         raise KeyError(f"columns missing from reference or current: {absent}")
     drifts = [numeric_psi(reference[c], current[c], n_bins=n_bins, eps=eps, feature=c) for c in numeric]
-    drifts += [categorical_psi(reference[c], current[c], eps=eps, feature=c) for c in categorical]
+    aliases = category_aliases or {}
+    drifts += [categorical_psi(canonical_categories(reference[c], aliases.get(c, {})),
+                               canonical_categories(current[c], aliases.get(c, {})), eps=eps, feature=c)
+               for c in categorical]
     return _by_psi_descending(drifts)
 
 

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from churn_assets.core.gate import DEFAULT_RULES, GateRule
+from churn_assets.core.gate import DEFAULT_RULES, GateRule, default_mode
 from churn_assets.core.home_url import check_home_url, url_scheme
 from churn_assets.core.metrics import METRIC_NAMES
 from churn_assets.core.spec import FeatureSpec, SpecError, load_spec
@@ -49,8 +49,12 @@ class GateRuleSettings(StrictModel):
     max_regression: float | None = None
     # "point": the measured drop must be <= max_regression; "noninferiority": refuse only
     # when the paired comparison shows, at `confidence`, a drop beyond it (core.gate).
-    mode: Literal["point", "noninferiority"] = "point"
+    # Unset: what the built-in rules use for that metric (core.gate.default_mode), so a
+    # rule restated without its mode keeps its meaning.
+    mode: Literal["point", "noninferiority"] | None = None
     confidence: float = 0.95
+    # "champion", or "best_recent": the best of the newest registered versions on this holdout.
+    against: Literal["champion", "best_recent"] = "champion"
 
     @field_validator("floor", "max_regression")
     @classmethod
@@ -69,17 +73,20 @@ class GateRuleSettings(StrictModel):
     def _something_to_check(self):
         if self.floor is None and self.max_regression is None:
             raise ValueError(f"the {self.metric} rule sets neither floor nor max_regression")
-        if self.mode == "noninferiority" and self.max_regression is not None and self.max_regression < 0:
+        mode = self.mode or default_mode(self.metric)
+        if mode == "noninferiority" and self.max_regression is not None and self.max_regression < 0:
             raise ValueError(f"the {self.metric} noninferiority rule needs max_regression >= 0")
+        if self.against == "best_recent" and (self.max_regression is None or self.floor is not None):
+            raise ValueError(f"the {self.metric} rule against best_recent needs max_regression and no floor")
         return self
 
     def rule(self) -> GateRule:
-        return GateRule(self.metric, self.floor, self.max_regression, self.mode, self.confidence)
+        return GateRule(self.metric, self.floor, self.max_regression, self.mode, self.confidence, self.against)
 
     @classmethod
     def from_rule(cls, rule: GateRule) -> GateRuleSettings:
         return cls(metric=rule.metric, floor=rule.floor, max_regression=rule.max_regression,
-                   mode=rule.mode, confidence=rule.confidence)
+                   mode=rule.mode, confidence=rule.confidence, against=rule.against)
 
 
 def _default_rules() -> list[GateRuleSettings]:

@@ -23,6 +23,10 @@ class SimulatorSourceSettings(StrictModel):
     seed: int = 7
     # Default "today" of the data; a run's `as_of` run config overrides it.
     as_of: dt.date | None = None
+    # A named scenario (sources.simulation.SCENARIOS) from `scenario_start` on: what the
+    # loop must survive, for backtests and demos. "stable": the slow drift alone.
+    scenario: Literal["stable", "concept_shift", "new_category", "missing_feature"] = "stable"
+    scenario_start: dt.date = dt.date(2026, 7, 6)
 
 
 class FileSourceSettings(StrictModel):

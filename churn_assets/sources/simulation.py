@@ -25,7 +25,7 @@ DEFAULT_START = "2026-01-05"  # a Monday
 PLANS = np.array(["basic", "pro", "enterprise"])
 PLAN_PRICE = np.array([29.0, 99.0, 399.0])
 COUNTRIES = np.array(["us", "uk", "de", "fr", "ca"])
-PAYMENTS = np.array(["credit card", "paypal", "bank transfer", "cash on delivery"])
+PAYMENTS = np.array(["credit card", "paypal", "bank transfer", "cash on delivery", "crypto"])
 CHANNELS = np.array(["organic", "paid search", "referral", "partner"])
 # How raw exports spell the same value; the simulator spec's category_aliases undo this.
 MESSY_SPELLINGS = {
@@ -33,10 +33,23 @@ MESSY_SPELLINGS = {
                 "de": ["DE", "Germany"], "fr": ["FR"], "ca": ["CA"]},
     "payment_method": {"credit card": ["Credit Card", "CC", "creditcard"],
                        "paypal": ["PayPal", "Pay Pal"], "bank transfer": ["Bank Transfer"],
-                       "cash on delivery": ["Cash on Delivery", "COD"]},
+                       "cash on delivery": ["Cash on Delivery", "COD"], "crypto": ["Crypto"]},
     "plan": {"basic": ["Basic", "basic "], "pro": ["Pro", "Professional"],
              "enterprise": ["Enterprise"]},
 }
+
+
+# Named scenarios, each starting on ``SimulatorSettings.scenario_start`` (a Monday):
+# what the loop must survive unattended. "stable" is the slow drift alone.
+SCENARIOS = {
+    "stable": "the slow drift alone",
+    "concept_shift": "from the start date churn follows other signals: support trouble, discounts and"
+                     " cash payments matter far more, engagement far less",
+    "new_category": "from the start date a new payment method, 'crypto', spreads among the customers;"
+                    " its users churn much more",
+    "missing_feature": "for two weeks from the start date sessions_last_30d is missing in every snapshot",
+}
+NEW_PAYMENT = "crypto"
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,18 @@ class SimulatorSettings:
     start_date: str = DEFAULT_START
     seed: int = 7
     horizon_days: int = 28
+    scenario: str = "stable"
+    scenario_start: str = "2026-07-06"
+
+    def __post_init__(self) -> None:
+        if self.scenario not in SCENARIOS:
+            raise ValueError(f"unknown simulator scenario {self.scenario!r}; choose from {sorted(SCENARIOS)}")
+
+    def scenario_week(self) -> int:
+        """Index of the first week the scenario acts on (never, for "stable")."""
+        if self.scenario == "stable":
+            return 1 << 30
+        return max(0, week_of(self, pd.Timestamp(self.scenario_start)))
 
 
 def week_of(settings: SimulatorSettings, as_of: pd.Timestamp) -> int:
@@ -103,6 +128,7 @@ def simulate(settings: SimulatorSettings, as_of: str | pd.Timestamp) -> pd.DataF
     population = _Population()
     frames = []
     weekly_signups = max(1, round(settings.n_customers * 0.03))
+    event = settings.scenario_week()
     for week in range(last_week + 1):
         rng = np.random.default_rng([settings.seed, week])
         day = 7 * week
@@ -137,10 +163,23 @@ def simulate(settings: SimulatorSettings, as_of: str | pd.Timestamp) -> pd.DataF
         spend = (c["seats"][idx] * PLAN_PRICE[plan] * (1 - discount)).round(2)
         age = np.where(rng.random(n) < 0.06, np.nan, c["age"][idx])
 
+        shifted = settings.scenario == "concept_shift" and week >= event
+        if settings.scenario == "new_category" and week >= event:
+            # Adoption spreads: each week another 3% of the customers switch to the new method.
+            switch = (rng.random(n) < 0.03) & (c["payment"][idx] != 4)
+            c["payment"][idx[switch]] = 4
+        payment = c["payment"][idx]
         logit = (-4.6 + 0.55 * (plan == 0) - 0.6 * (plan == 2) - 0.75 * eng
-                 + 0.35 * tickets + 0.45 * (c["payment"][idx] == 3)
+                 + 0.35 * tickets + 0.45 * (payment == 3)
                  - 0.0007 * np.minimum(tenure_days, 1500) + 0.012 * np.nan_to_num(since_order, nan=45.0)
-                 + 0.3 * (c["channel"][idx] == 1) + 0.01 * (discount * 10))
+                 + 0.3 * (c["channel"][idx] == 1) + 0.01 * (discount * 10) + 1.5 * (payment == 4))
+        if shifted:
+            # Another market: engagement and support no longer tell who leaves; heavy
+            # discounts, big enterprise accounts and cash payers do.
+            logit = (-4.3 + 0.9 * (plan == 2) - 0.3 * (plan == 0) + 5.0 * discount
+                     + 1.2 * (payment == 3) + 0.6 * (c["channel"][idx] == 3) + 1.5 * (payment == 4))
+        if settings.scenario == "missing_feature" and event <= week < event + 2:
+            sessions = np.full(n, np.nan)
         churns = rng.random(n) < 1.0 / (1.0 + np.exp(-logit))
         c["churn_day"][idx[churns]] = day + rng.integers(1, 8, int(churns.sum()))
 

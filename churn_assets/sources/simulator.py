@@ -22,10 +22,13 @@ class SimulatorSource(CustomerSource):
     start_date: str = "2026-01-05"
     seed: int = 7
     as_of: str = ""
+    scenario: str = "stable"
+    scenario_start: str = "2026-07-06"
 
     def settings(self, spec: FeatureSpec) -> SimulatorSettings:
         return SimulatorSettings(n_customers=self.n_customers, start_date=self.start_date,
-                                 seed=self.seed, horizon_days=spec.label_horizon_days or 28)
+                                 seed=self.seed, horizon_days=spec.label_horizon_days or 28,
+                                 scenario=self.scenario, scenario_start=self.scenario_start)
 
     def current_date(self, as_of: pd.Timestamp | None = None) -> pd.Timestamp:
         """The simulated "today": the run's ``as_of``, else this source's, else the real date."""
@@ -48,4 +51,6 @@ class SimulatorSource(CustomerSource):
                            f"simulator: {self.n_customers} customers, as of {as_of.date()}")
 
     def describe(self) -> str:
-        return f"simulator (n_customers={self.n_customers}, seed={self.seed}, as_of={self.as_of or 'today'})"
+        scenario = "" if self.scenario == "stable" else f", scenario={self.scenario} from {self.scenario_start}"
+        return (f"simulator (n_customers={self.n_customers}, seed={self.seed}, as_of={self.as_of or 'today'}"
+                f"{scenario})")

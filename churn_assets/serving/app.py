@@ -177,9 +177,11 @@ def openapi_document(app: FastAPI, store: ModelStore, config: ServeConfig) -> di
         document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     for status, text in (("401", "missing or wrong bearer token"),
                          ("408", "the body did not arrive within the body timeout"),
-                         ("413", "body or batch over the limit"),
+                         ("413", f"body over {config.max_body_bytes} bytes, or far more JSON values"
+                                 " than a full batch holds (counted before parsing)"),
                          ("415", "Content-Type is not application/json"),
-                         ("422", "each bad row and field (or duplicate key): {row, field, message}"),
+                         ("422", "each bad row and field (or duplicate key): {row, field, message}; also"
+                                 f" an empty batch or one over {config.max_batch} records"),
                          ("503", "no production model loaded, or the worker is receiving too many bodies")):
         operation["responses"][status] = {"description": text}
     app.state.openapi_cache = (version, document)

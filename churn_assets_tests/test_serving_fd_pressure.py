@@ -157,3 +157,80 @@ def test_the_budget_keeps_its_last_count_when_no_descriptor_is_left_to_count_wit
     conns += [Conn(1.0) for _ in range(85)]  # 95 used: under pressure; /proc/self/fd fails
     assert budget.check(conns, loop) == 15  # down to 100 - 2 * 10, with the other 5 as last counted
     assert budget.other == 5
+
+
+# -- how the HTTP protocol ranks its connections ----------------------------------------------
+
+class RecordingTransport:
+    """Enough of an asyncio transport for uvicorn's protocol; records what is written."""
+
+    def __init__(self):
+        self.written, self.closed = b"", False
+
+    def get_extra_info(self, name, default=None):
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def test_the_protocol_offers_slow_requests_and_keeps_bodies_that_will_arrive_in_time():
+    import asyncio
+
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from churn_assets.serving.guard import GuardedHttpToolsProtocol
+
+    async def app(scope, receive, send):  # never runs: the loop is not started
+        raise AssertionError("not reached")
+
+    loop = asyncio.new_event_loop()
+    config = Config(app=app, http=GuardedHttpToolsProtocol, log_config=None)
+    state = ServerState()
+
+    def connect(*chunks: bytes) -> tuple[GuardedHttpToolsProtocol, RecordingTransport]:
+        protocol = GuardedHttpToolsProtocol(config=config, server_state=state, app_state={}, _loop=loop)
+        transport = RecordingTransport()
+        protocol.connection_made(transport)
+        for chunk in chunks:
+            protocol.data_received(chunk)
+        return protocol, transport
+
+    headers = b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n"
+    partial = b"POST /predict HTTP/1.1\r\nHost: t\r\n"  # and then nothing
+    try:
+        trickle, trickle_transport = connect(headers + b"{")
+        upload, _ = connect(headers + b"[" + b" " * 399_999)  # 400 kB so far of 1 MB
+        headers_only, _ = connect(partial)
+        answered, _ = connect(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        now = loop.time()
+        # Too soon to judge anyone.
+        assert [p.shed_rank(now + 0.5, 1.0) for p in (trickle, upload, headers_only)] == [None] * 3
+        later = now + 2.0
+        assert trickle.shed_rank(later, 1.0) == pytest.approx(0.5, rel=0.05)  # 1 byte in 2 s
+        assert upload.shed_rank(later, 1.0) is None  # 200 kB/s: the rest arrives in 3 s of the 28 left
+        assert headers_only.shed_rank(later, 1.0) == pytest.approx(len(partial) / 2, rel=0.05)
+        assert answered.shed_rank(later, 1.0) is None  # its request is in: being answered
+        trickle.shed()
+        assert trickle_transport.closed
+        assert trickle_transport.written.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+        assert b"retry-after: 1" in trickle_transport.written and b"slowest" in trickle_transport.written
+        assert trickle.shed_rank(later, 1.0) is None  # closing: not offered again
+    finally:
+        for task in asyncio.all_tasks(loop):
+            task.cancel()
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()

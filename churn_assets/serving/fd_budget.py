@@ -13,10 +13,11 @@ still sending their request (headers or body) and have done so for at least ``gr
 seconds, slowest first (fewest bytes per second in the current phase), until
 ``2 * spare`` descriptors are free again. A connection whose request has arrived, is
 being answered, or idles between requests is never chosen, and neither is a body that
-will make its deadline at its pace so far: shedding takes descriptors only from clients
-the deadlines would cut anyway, and sooner. If too few are old
-enough to judge, it tries again ``grace / 2`` later, so the budget recovers even when no
-new connection can be accepted to trigger it.
+will make its deadline at its pace so far: the descriptors come from clients that a
+deadline would mostly cut anyway (a body that cannot arrive in time, headers still
+missing after a second), only sooner. If too few are old enough to judge, it tries
+again ``grace / 2`` later, so the budget recovers even when no new connection can be
+accepted to trigger it.
 
 The budget does not know about HTTP: it asks each connection for ``shed_rank(now,
 grace)`` (None: not to be shed; else lower is shed first) and tells the chosen ones
@@ -62,8 +63,9 @@ class DescriptorBudget:
     ``limit``: descriptors this process may hold (its soft RLIMIT_NOFILE).
     ``spare``: descriptors kept free; default ``max(32, limit // 16)``.
     ``grace``: seconds a connection spends in a phase before it may be shed.
-    ``count_open``: returns the descriptors held now (None if unknown); measured only
-    when relieving, so the per-connection check is one addition and one compare.
+    ``count_open``: returns the descriptors held now (None if unknown); called at the
+    first connection and then only near the limit, so the per-connection check is one
+    addition and one compare.
     """
 
     def __init__(self, limit: int, spare: int | None = None, grace: float = GRACE_SECONDS,

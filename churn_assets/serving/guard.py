@@ -88,7 +88,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._phase = ""  # "headers" or "body" while a request is arriving, else ""
         self._phase_started = 0.0  # loop time
         self._received = 0  # bytes received in this phase
-        self._expected = None  # the body's Content-Length, when it has one
         self.body_deadline = self.body_backstop - BACKSTOP_GRACE  # the front door's, on /predict
 
     def _arm(self, seconds: float, phase: str) -> None:
@@ -114,18 +113,26 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Bytes per second at which this request arrives, if it may be shed: None when
         no request is arriving (answered, being answered, idle between requests), when
         its phase is younger than ``grace`` (too soon to judge), or when it is a body
-        that at this pace arrives before the deadline (only the doomed are cut early)."""
+        that at this pace arrives before the deadline (a body that will make it stays)."""
         if not self._phase or self.transport.is_closing():
             return None
         age = now - self._phase_started
         if age < grace:
             return None
         rate = self._received / age
-        if self._phase == "body" and self._expected is not None:
+        expected = self._content_length() if self._phase == "body" else None
+        if expected is not None:
             time_left = self._phase_started + self.body_deadline - now
-            if self._expected - self._received <= rate * time_left:
+            if expected - self._received <= rate * time_left:
                 return None
         return rate
+
+    def _content_length(self) -> int | None:
+        # Read here, under pressure only, rather than for every request's headers.
+        for name, value in self.headers or ():  # uvicorn lower-cases the names
+            if name == b"content-length" and value.isdigit():
+                return int(value)
+        return None  # chunked: judged by its pace alone
 
     def shed(self) -> None:
         self._abort(SHED_RESPONSE)
@@ -150,10 +157,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._arm(self.body_backstop, "body")
-        self._expected = None
-        for name, value in self.headers:  # uvicorn lower-cases the names
-            if name == b"content-length" and value.isdigit():
-                self._expected = int(value)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:

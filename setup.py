@@ -38,7 +38,9 @@ setup(
         "uvicorn[standard]>=0.30,<1",
         "orjson>=3.10,<4",
         # Swagger UI's files for /docs, served by the server itself: the page works offline.
-        "swagger-ui-bundle>=1.1,<2",
+        # fastapi-offline ships Swagger UI 5 (5.32 in 1.7.7), which reads the OpenAPI 3.1
+        # FastAPI emits; swagger-ui-bundle's 4.15 cannot ("Unable to render this definition").
+        "fastapi-offline>=1.7.7,<2",
         # Model-health plots (PNG) in the UI, the registry and the model card.
         "matplotlib>=3.9,<4",
     ],
@@ -49,7 +51,11 @@ setup(
         "distributed": DISTRIBUTED,
         # The tests exercise the distributed engines too (a real Celery worker on Redis).
         # ... and object storage against moto's S3 server on loopback (MinIO is not needed).
-        "dev": ["pytest>=8", "httpx>=0.27", "moto[server]>=5.2.5,<6", *DISTRIBUTED],
+        # Schemathesis 4 (the `st run` CLI and its check names) fuzzes the served API in
+        # .ci/run; playwright drives Debian's Chromium for the /docs page test (tested with
+        # schemathesis 4.32.5 and playwright 1.65.3 against Chromium 156).
+        "dev": ["pytest>=8", "httpx>=0.27", "moto[server]>=5.2.5,<6", "schemathesis>=4.32,<5",
+                "playwright>=1.65,<2", *DISTRIBUTED],
         "bench": ["flask>=3,<4"],
     },
     entry_points={"console_scripts": ["churn-assets=churn_assets.cli:main"]},

@@ -122,19 +122,22 @@ def wait_for(condition, timeout: float = 20, interval: float = 0.05, what: str =
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def _server_preexec(fd_soft_limit: int | None) -> None:
+def _server_preexec(fd_soft_limit: int | None, fd_hard_limit: int | None = None) -> None:
     # Started with SIGTERM ignored, as processes here may be: the server must cope.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if fd_soft_limit is not None:  # e.g. the common default of 1024, to reproduce fd exhaustion
         import resource
-        resource.setrlimit(resource.RLIMIT_NOFILE, (fd_soft_limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1] if fd_hard_limit is None else fd_hard_limit
+        # A hard limit too (``ulimit -Hn``): then ``serve`` cannot raise the soft one.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (fd_soft_limit, hard))
 
 
 class ServerProcess:
     """``churn-assets serve`` in its own process group, stopped for sure by ``stop``."""
 
     def __init__(self, registry_root: Path, log_path: Path, workers: int = 2, env: dict | None = None,
-                 poll_seconds: float = 0.2, args: list[str] | None = None, fd_soft_limit: int | None = None):
+                 poll_seconds: float = 0.2, args: list[str] | None = None, fd_soft_limit: int | None = None,
+                 fd_hard_limit: int | None = None):
         self.port = free_port()
         self.log_path = log_path
         command = [sys.executable, "-m", "churn_assets.cli", "serve", "--host", "127.0.0.1",
@@ -144,7 +147,7 @@ class ServerProcess:
         self.process = subprocess.Popen(
             command, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, **(env or {})}, cwd=log_path.parent,  # not the repo: PYTHONPATH decides
-            preexec_fn=lambda: _server_preexec(fd_soft_limit))
+            preexec_fn=lambda: _server_preexec(fd_soft_limit, fd_hard_limit))
 
     def wait_healthy(self, timeout: float = 30) -> None:
         def healthy():
@@ -203,13 +206,19 @@ class SlowClients:
             opening, _ = SLOW_KINDS[kind]
             for _ in range(count):
                 sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-                if opening:
-                    sock.sendall(opening)
-                sock.setblocking(False)
                 client = {"kind": kind, "sock": sock, "received": b"", "closed_after": None}
                 self.clients.append(client)
+                try:
+                    if opening:
+                        sock.sendall(opening)
+                except OSError:  # reset at once: a server out of descriptors accepts and closes
+                    client["closed_after"] = 0.0
+                    sock.close()
+                    continue
+                sock.setblocking(False)
                 self.selector.register(sock, selectors.EVENT_READ, client)
         self.started = time.monotonic()
+        self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> SlowClients:
@@ -220,7 +229,7 @@ class SlowClients:
         next_tick = time.monotonic() + self.tick
         while any(c["closed_after"] is None for c in self.clients):
             now = time.monotonic()
-            if now - self.started > self.limit:
+            if now - self.started > self.limit or self.stopping.is_set():
                 break
             if now >= next_tick:
                 next_tick += self.tick
@@ -250,6 +259,9 @@ class SlowClients:
         self.thread.join(timeout)
 
     def close(self) -> None:
+        self.stopping.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
         for c in self.clients:
             if c["closed_after"] is None:
                 try:
@@ -277,11 +289,13 @@ class HealthyClients:
         self.lock = threading.Lock()
         self.latencies: list[float] = []
         self.failures: list[str] = []
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        self.events: list[tuple[int, float, float, int | str]] = []  # (thread, start, seconds, status)
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
 
-    def _run(self) -> None:
+    def _run(self, index: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         while not self.stop.is_set():
+            started = time.monotonic()
             start = time.perf_counter()
             try:
                 conn.request("POST", "/predict", body=self.body, headers=self.headers)
@@ -296,6 +310,7 @@ class HealthyClients:
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
             elapsed = time.perf_counter() - start
             with self.lock:
+                self.events.append((index, started, elapsed, status))
                 if status == 200:
                     self.latencies.append(elapsed)
                 else:

@@ -104,7 +104,7 @@ BAD_INPUTS = {
     "empty batch": ({"customers": []}, 422, {(None, "customers")}),
     "batch is not a list": ({"customers": {"a": GOOD}}, 422, {(None, "customers")}),
     "field next to the batch": ({"customers": [GOOD], "extra": 1}, 422, {(None, "extra")}),
-    "batch over the limit": ({"customers": [GOOD] * 6}, 413, {(None, "customers")}),
+    "batch over the limit": ({"customers": [GOOD] * 6}, 422, {(None, "customers")}),
     "top-level array": ([GOOD], 422, {(None, None)}),
 }
 

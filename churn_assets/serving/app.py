@@ -4,7 +4,9 @@ Endpoints: ``POST /predict``, ``GET /health``, ``GET /ready``, ``GET /model`` an
 OpenAPI document (``/openapi.json``, ``/docs``), whose /predict request schema is
 generated from the feature spec of the model being served and follows it on reload.
 ``/docs`` works offline: the Swagger UI files are served from the installed
-``swagger-ui-bundle`` package under ``/static/swagger-ui/``, not from a CDN.
+``fastapi-offline`` package under ``/static/swagger-ui/``, not from a CDN. It ships
+Swagger UI 5, the first major version that reads OpenAPI 3.1, which FastAPI emits
+(the 4.x of ``swagger-ui-bundle`` said "Unable to render this definition").
 
 /predict is served by ``predict_endpoint.PredictFrontDoor`` in front of FastAPI, with
 the record checks of ``schema.py`` instead of a pydantic body model: both are far
@@ -17,9 +19,9 @@ from __future__ import annotations
 import os
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from importlib.resources import files
 
 import orjson
-import swagger_ui_bundle
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
@@ -32,6 +34,7 @@ from churn_assets.serving.schema import BATCH_KEY
 
 TOKEN_ENV = "CHURN_ASSETS_API_TOKEN"
 SWAGGER_UI = "/static/swagger-ui"
+SWAGGER_UI_FILES = files("fastapi_offline") / "static"  # swagger-ui-bundle.js, swagger-ui.css, favicon.png
 ENV_PREFIX = "CHURN_ASSETS_SERVE_"
 
 
@@ -105,15 +108,15 @@ def create_app(config: ServeConfig, store: ModelStore | None = None) -> PredictF
                   description="Churn probability of customers from the production model in the registry.")
     app.state.store = store
     # The docs page must render on a machine without internet: Swagger UI's files come
-    # from the swagger-ui-bundle package, served by this server (ReDoc has no local copy).
-    app.mount(SWAGGER_UI, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger-ui")
+    # from the fastapi-offline package, served by this server.
+    app.mount(SWAGGER_UI, StaticFiles(directory=str(SWAGGER_UI_FILES)), name="swagger-ui")
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs",
                                    swagger_js_url=f"{SWAGGER_UI}/swagger-ui-bundle.js",
                                    swagger_css_url=f"{SWAGGER_UI}/swagger-ui.css",
-                                   swagger_favicon_url=f"{SWAGGER_UI}/favicon-32x32.png")
+                                   swagger_favicon_url=f"{SWAGGER_UI}/favicon.png")
 
     @app.get("/health", summary="The process is alive")
     async def health():
@@ -177,9 +180,11 @@ def openapi_document(app: FastAPI, store: ModelStore, config: ServeConfig) -> di
         document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     for status, text in (("401", "missing or wrong bearer token"),
                          ("408", "the body did not arrive within the body timeout"),
-                         ("413", "body or batch over the limit"),
+                         ("413", f"body over {config.max_body_bytes} bytes, or far more JSON values"
+                                 " than a full batch holds (counted before parsing)"),
                          ("415", "Content-Type is not application/json"),
-                         ("422", "each bad row and field (or duplicate key): {row, field, message}"),
+                         ("422", "each bad row and field (or duplicate key): {row, field, message}; also"
+                                 f" an empty batch or one over {config.max_batch} records"),
                          ("503", "no production model loaded, or the worker is receiving too many bodies")):
         operation["responses"][status] = {"description": text}
     app.state.openapi_cache = (version, document)

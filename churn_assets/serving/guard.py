@@ -14,6 +14,13 @@ real clients. Here every connection is on a clock:
   what arrived); this one catches every other path, at ``body_timeout + BACKSTOP_GRACE``.
 
 A single ``TimerHandle`` per connection, re-armed per phase: about a microsecond.
+
+Deadlines alone do not help when the open-files limit is lower than the number of slow
+clients: the table fills before any deadline, and accept() fails for everyone until
+then. So each connection also reports to the worker's ``fd_budget.DescriptorBudget``,
+which, when descriptors run low, closes the connections that send their request
+slowest (503, ``Retry-After: 1``) and keeps room for new clients.
+
 Settings come from the environment (``CHURN_ASSETS_SERVE_HEADER_TIMEOUT``,
 ``CHURN_ASSETS_SERVE_BODY_TIMEOUT``) because uvicorn builds the protocol itself, in each
 worker process.
@@ -27,6 +34,8 @@ import os
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from churn_assets.serving.fd_budget import DescriptorBudget, soft_fd_limit
+
 log = logging.getLogger("churn_assets.serving")
 HEADER_TIMEOUT_ENV = "CHURN_ASSETS_SERVE_HEADER_TIMEOUT"
 BODY_TIMEOUT_ENV = "CHURN_ASSETS_SERVE_BODY_TIMEOUT"
@@ -35,6 +44,10 @@ DEFAULT_BODY_TIMEOUT = 30.0
 BACKSTOP_GRACE = 2.0  # the front door's 408 (with its JSON detail) must win on /predict
 TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
                     b"content-length: %d\r\nconnection: close\r\n\r\n%s")
+SHED_MESSAGE = (b'{"detail": [{"row": null, "field": null, "message": "the server is short of connections and'
+                b' this request was arriving among the slowest; retry"}]}')
+SHED_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+                 b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(SHED_MESSAGE), SHED_MESSAGE))
 
 
 def seconds_from_env(name: str, default: float) -> float:
@@ -57,18 +70,31 @@ def _limits() -> tuple[float, float]:
             seconds_from_env(BODY_TIMEOUT_ENV, DEFAULT_BODY_TIMEOUT) + BACKSTOP_GRACE)
 
 
+@functools.cache  # one per worker process: the open-files limit is per process
+def descriptor_budget() -> DescriptorBudget | None:
+    limit = soft_fd_limit()
+    return None if limit is None else DescriptorBudget(limit)
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol plus a header deadline and a body backstop (see the module doc)."""
+    """HttpToolsProtocol plus a header deadline, a body backstop and shedding when the
+    worker runs short of descriptors (see the module doc)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.header_timeout, self.body_backstop = _limits()
+        self.budget = descriptor_budget()
         self._deadline = None  # the one pending TimerHandle of this connection
-        self._phase = ""
+        self._phase = ""  # "headers" or "body" while a request is arriving, else ""
+        self._phase_started = 0.0  # loop time
+        self._received = 0  # bytes received in this phase
+        self.body_deadline = self.body_backstop - BACKSTOP_GRACE  # the front door's, on /predict
 
     def _arm(self, seconds: float, phase: str) -> None:
         self._disarm()
         self._phase = phase
+        self._phase_started = self.loop.time()
+        self._received = 0
         self._deadline = self.loop.call_later(seconds, self._expired)
 
     def _disarm(self) -> None:
@@ -79,6 +105,46 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._arm(self.header_timeout, "headers")  # a connection that never sends a request
+        if self.budget is not None:
+            self.budget.check(self.connections, self.loop)
+
+    # -- what the descriptor budget asks ------------------------------------------------
+    def shed_rank(self, now: float, grace: float) -> float | None:
+        """Bytes per second at which this request arrives, if it may be shed: None when
+        no request is arriving (answered, being answered, idle between requests), when
+        its phase is younger than ``grace`` (too soon to judge), or when it is a body
+        that at this pace arrives before the deadline (a body that will make it stays)."""
+        if not self._phase or self.transport.is_closing():
+            return None
+        age = now - self._phase_started
+        if age < grace:
+            return None
+        rate = self._received / age
+        expected = self._content_length() if self._phase == "body" else None
+        if expected is not None:
+            time_left = self._phase_started + self.body_deadline - now
+            if expected - self._received <= rate * time_left:
+                return None
+        return rate
+
+    def _content_length(self) -> int | None:
+        # Read here, under pressure only, rather than for every request's headers.
+        for name, value in self.headers or ():  # uvicorn lower-cases the names
+            if name == b"content-length" and value.isdigit():
+                return int(value)
+        return None  # chunked: judged by its pace alone
+
+    def shed(self) -> None:
+        self._abort(SHED_RESPONSE)
+
+    def data_received(self, data: bytes) -> None:
+        if self._phase == "headers":
+            self._received += len(data)
+        super().data_received(data)
+
+    def on_body(self, body: bytes) -> None:
+        self._received += len(body)
+        super().on_body(body)
 
     def connection_lost(self, exc) -> None:
         self._disarm()
@@ -95,10 +161,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._disarm()
+        self._phase = ""
         super().on_message_complete()
 
     def _expired(self) -> None:
         self._deadline = None
+        message = f"request {self._phase} not received within the deadline".encode()
+        # debug only: under a slow-client attack this would be one line per connection
+        log.debug("closing %s: request %s not complete in time", self.client, self._phase)
+        self._abort(TIMEOUT_RESPONSE % (len(message), message))
+
+    def _abort(self, response: bytes) -> None:
+        """Answer ``response`` if no answer of ours is under way, then close."""
         if self.transport.is_closing():
             return
         cycle = self.cycle
@@ -113,8 +187,5 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             cycle.message_event.set()
         # else: the app answered without reading the body, which still trickles in: close.
         if answer:
-            message = f"request {self._phase} not received within the deadline".encode()
-            self.transport.write(TIMEOUT_RESPONSE % (len(message), message))
-        # debug only: under a slow-client attack this would be one line per connection
-        log.debug("closing %s: request %s not complete in time", self.client, self._phase)
+            self.transport.write(response)
         self.transport.close()

@@ -40,6 +40,9 @@ NAN = float("nan")
 # a parse is cheap whatever the body holds).
 COUNTED_BODY_BYTES = 64 * 1024
 SLACK_FIELDS = 4  # a few unknown fields per record still get their 422, not a 413
+# JSON Schema for "not blank": some character that str.strip() keeps. Python's whitespace
+# spelled out, because `\S` differs between regex dialects (ECMA's includes U+FEFF).
+NOT_BLANK = r"[^\u0009-\u000d\u001c-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 
 
 class RequestRejected(Exception):
@@ -200,8 +203,8 @@ class RecordSchema:
                                                 f" not {_json_type(rows)}")])
         if not rows:
             raise RequestRejected(422, [problem(None, BATCH_KEY, "the batch is empty")])
-        if len(rows) > self.max_batch:
-            raise RequestRejected(413, [problem(None, BATCH_KEY, f"{len(rows)} records; at most"
+        if len(rows) > self.max_batch:  # 422 like an empty batch: the schema's maxItems, not a byte cap
+            raise RequestRejected(422, [problem(None, BATCH_KEY, f"{len(rows)} records; at most"
                                                 f" {self.max_batch} per request")])
         fast = self._read_columns(rows)
         if fast is not None:
@@ -311,7 +314,8 @@ class RecordSchema:
         properties: dict[str, dict] = {
             self.id_column: {"type": ["string", "integer", "null"],
                              "description": "echoed back as customer_id"},
-            self.spec.timestamp_column: {"type": ["string", "null"], "description": "accepted, not used"},
+            # Any value: stored rows are sent as they are (pandas writes dates as epoch ms).
+            self.spec.timestamp_column: {"description": "accepted and ignored, whatever its type"},
         }
         for name in self.numeric:
             optional = name not in self.required
@@ -323,6 +327,9 @@ class RecordSchema:
             entry = {"type": ["string", "number", "null"] if optional else ["string", "number"],
                      "description": "case, spaces and known aliases are normalized; an unseen"
                                     " category is accepted and encoded as in training (all zeros)"}
+            if not optional:  # blank text means missing, which a required field cannot be
+                entry["pattern"] = NOT_BLANK
+                entry["description"] += "; blank text means missing, so it must not be blank"
             if self.categories.get(name):
                 entry["examples"] = self.categories[name]
             properties[name] = entry

@@ -6,8 +6,9 @@ hot reload needs no coordination between them.
 
 Slow or stuck clients are bounded at three levels (docs/serving.md, "Limits"): uvicorn's
 ``limit_concurrency`` (503 past that many connections per worker) and keep-alive
-timeout; ``guard.GuardedHttpToolsProtocol`` (header deadline, body backstop); and the
-ASGI front door (body deadline, byte caps, JSON parse bound).
+timeout; ``guard.GuardedHttpToolsProtocol`` (header deadline, body backstop, and
+shedding the slowest request senders when the worker runs low on file descriptors,
+``fd_budget.py``); and the ASGI front door (body deadline, byte caps, JSON parse bound).
 """
 
 from __future__ import annotations
@@ -84,8 +85,9 @@ def serve(host: str, port: int, workers: int = 1, registry: str | None = None,
     keep_alive = DEFAULT_KEEP_ALIVE_SECONDS if keep_alive_seconds is None else keep_alive_seconds
     available = raise_fd_limit(limit + FD_HEADROOM)
     if available < limit + FD_HEADROOM:
-        log.warning("open-files limit %d is below --limit-concurrency %d + %d: accept() may fail"
-                    " before the limit answers 503 (raise it with ulimit -n)", available, limit, FD_HEADROOM)
+        log.warning("open-files limit %d is below --limit-concurrency %d + %d: near it, the connections"
+                    " sending their request slowest are closed to keep room for new ones (raise it with"
+                    " ulimit -n)", available, limit, FD_HEADROOM)
     # A parent may have started us with SIGTERM ignored (it is inherited); a server must
     # still stop on it, so restore the default before uvicorn installs its handlers.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

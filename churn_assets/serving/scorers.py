@@ -48,6 +48,11 @@ class LinearScorer:
     def many(self, X: np.ndarray, split: bool = True) -> np.ndarray:
         return expit(self.raw_many(X))
 
+    @staticmethod
+    def probability_of_raw(raw: np.ndarray) -> np.ndarray:
+        """The classifier's own P(churn) of decision values ``raw`` (n,)."""
+        return expit(raw)
+
 
 class ForestScorer:
     """Binary HistGradientBoostingClassifier as flat node arrays.
@@ -109,6 +114,10 @@ class ForestScorer:
 
     def many(self, X: np.ndarray, split: bool = True) -> np.ndarray:
         return self.clf._loss.predict_proba(self._raw(X, split))[:, 1]
+
+    def probability_of_raw(self, raw: np.ndarray) -> np.ndarray:
+        """The classifier's own P(churn) of raw scores ``raw`` (n,)."""
+        return self.clf._loss.predict_proba(raw[:, None])[:, 1]
 
     def parts(self, n_rows: int) -> int:
         """Threads worth using for ``n_rows``: one per 2,000 rows, at most ``threads``."""

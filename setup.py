@@ -37,6 +37,8 @@ setup(
         "fastapi>=0.115,<1",
         "uvicorn[standard]>=0.30,<1",
         "orjson>=3.10,<4",
+        # Batch bodies decoded straight into typed columns (serving/batch_decode.py).
+        "msgspec>=0.19,<1",
         # Swagger UI's files for /docs, served by the server itself: the page works offline.
         "swagger-ui-bundle>=1.1,<2",
         # Model-health plots (PNG) in the UI, the registry and the model card.

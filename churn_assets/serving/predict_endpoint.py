@@ -71,37 +71,11 @@ def score(model: ServingModel, request: PredictRequest, explain: bool = False) -
         return {"model_version": version, "customer_id": request.customer_ids[0],
                 "churn_probability": p, "churn_label": int(p >= threshold), "threshold": threshold}
     proba = model.predict_many(request.records)
-    return {"model_version": version, "threshold": threshold,
-            "predictions": predictions_json(request.customer_ids, proba, threshold, version)}
-
-
-_LABEL_JSON = (b"0", b"1")
-
-
-def predictions_json(ids: list, proba: np.ndarray, threshold: float, version: str) -> orjson.Fragment:
-    """``[{"customer_id", "churn_probability", "churn_label", "model_version"}, ...]`` as
-    JSON, spliced into the answer by orjson as it is.
-
-    Built from whole columns (every probability formatted by one ``orjson.dumps`` of the
-    array, every id by its own) and joined once, instead of a dict per customer that
-    orjson would then walk: a third of a 10,000-record answer's time.
-    """
-    n = len(ids)
-    if n == 0:
-        return orjson.Fragment(b"[]")
-    probabilities = orjson.dumps(np.ascontiguousarray(proba, dtype=np.float64),
-                                 option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
-    labels = [_LABEL_JSON[v] for v in (proba >= threshold).tolist()]
-    pieces: list[bytes] = [b""] * (7 * n)
-    pieces[0::7] = [b'{"customer_id":'] * n
-    pieces[1::7] = list(map(orjson.dumps, ids))
-    pieces[2::7] = [b',"churn_probability":'] * n
-    pieces[3::7] = probabilities
-    pieces[4::7] = [b',"churn_label":'] * n
-    pieces[5::7] = labels
-    pieces[6::7] = [b',"model_version":' + orjson.dumps(version) + b"},"] * n
-    body = b"".join(pieces)
-    return orjson.Fragment(b"[" + body[:-1] + b"]")
+    labels = (proba >= threshold).astype(np.int64).tolist()
+    predictions = [{"customer_id": cid, "churn_probability": p, "churn_label": label,
+                    "model_version": version}
+                   for cid, p, label in zip(request.customer_ids, proba.tolist(), labels)]
+    return {"model_version": version, "threshold": threshold, "predictions": predictions}
 
 
 def explained(model: ServingModel, request: PredictRequest) -> dict:

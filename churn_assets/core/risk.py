@@ -88,14 +88,29 @@ def compare_with_previous(scores: pd.DataFrame, previous: pd.DataFrame | None, i
         out["new_at_risk"] = at_risk
         out["risk_change"] = np.nan
         return out
-    before = previous.drop_duplicates(id_column, keep="last").set_index(previous[id_column].drop_duplicates(
-        keep="last").astype(str))
-    keys = out[id_column].astype(str)
-    old_probability = keys.map(before["churn_probability"]).to_numpy(dtype=np.float64)
-    old_label = keys.map(before["churn_label"]).to_numpy(dtype=np.float64)  # NaN: absent
-    out["new_at_risk"] = at_risk & ~(old_label == 1)
+    # Positions in the previous list by id (-1: absent), through one hash join of the
+    # ids rather than a lookup per customer.
+    before = previous.drop_duplicates(id_column, keep="last")
+    where = _positions(before[id_column], out[id_column])
+    found = where >= 0
+    old_probability = np.full(len(out), np.nan)
+    old_probability[found] = before["churn_probability"].to_numpy(dtype=np.float64)[where[found]]
+    was_at_risk = np.zeros(len(out), dtype=bool)
+    was_at_risk[found] = before["churn_label"].to_numpy()[where[found]] == 1
+    out["new_at_risk"] = at_risk & ~was_at_risk
     out["risk_change"] = out["churn_probability"].to_numpy() - old_probability
     return out
+
+
+def _positions(ids: pd.Series, wanted: pd.Series) -> np.ndarray:
+    """Position in ``ids`` of each of ``wanted`` (the last, for an id listed twice), -1
+    where absent; ids compared as text."""
+    text = ids.astype(str)
+    if text.is_unique:
+        return pd.Index(text).get_indexer(wanted.astype(str))
+    last = ~text.duplicated(keep="last").to_numpy()
+    found = pd.Index(text[last]).get_indexer(wanted.astype(str))
+    return np.where(found >= 0, np.flatnonzero(last)[found], -1)
 
 
 def decile_table(scores: pd.DataFrame) -> pd.DataFrame:
@@ -144,11 +159,12 @@ def risk_summary(scores: pd.DataFrame, value: np.ndarray | None, value_column: s
         summary["new_at_risk"] = int(scores["new_at_risk"].sum())
     if previous is not None and not previous.empty and "risk_change" in scores:
         change = scores["risk_change"]
-        was = set(previous.loc[previous["churn_label"] == 1, id_column].astype(str))
-        still = set(scores.loc[scores["churn_label"] == 1, id_column].astype(str))
-        present = set(scores[id_column].astype(str))
+        was = previous.drop_duplicates(id_column, keep="last")
+        was = was[was["churn_label"].to_numpy() == 1]
+        now = _positions(scores[id_column], was[id_column])  # where last week's at-risk customers are now
+        labels = scores["churn_label"].to_numpy()
         summary.update({"previous_customers": len(previous),
-                        "no_longer_at_risk": len((was & present) - still),
+                        "no_longer_at_risk": int((labels[now[now >= 0]] != 1).sum()),
                         "customers_new_to_list": int(change.isna().sum()),
                         "mean_risk_change": round(float(change.mean()), 5) if change.notna().any() else None,
                         "risk_up_10_points": int((change >= 0.10).sum()),

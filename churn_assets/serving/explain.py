@@ -257,7 +257,12 @@ def top_reasons(contributions: np.ndarray, features: tuple[str, ...], k: int = R
     that lowers the risk does not explain why a customer is at risk.
     """
     k = min(k, contributions.shape[1])
-    order = np.argsort(-contributions, axis=1, kind="stable")[:, :k]
+    if k < contributions.shape[1]:  # the k largest first (a partition), then only those sorted
+        order = np.argpartition(-contributions, k - 1, axis=1)[:, :k]
+        within = np.argsort(-np.take_along_axis(contributions, order, axis=1), axis=1, kind="stable")
+        order = np.take_along_axis(order, within, axis=1)
+    else:
+        order = np.argsort(-contributions, axis=1, kind="stable")
     effects = np.take_along_axis(contributions, order, axis=1)
     pushes = effects > 0
     return np.where(pushes, order, -1), np.where(pushes, effects, np.nan)

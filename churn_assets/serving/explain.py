@@ -149,6 +149,10 @@ class ChurnExplainer:
             self.group_starts = np.minimum(self.group_start, max(len(trees_of) - 1, 0))
             self.empty_groups = np.flatnonzero(np.diff(np.append(self.group_start, len(trees_of))) == 0)
             self.tables = True
+            # A node of the flat node arrays (``ForestScorer``) -> its leaf in the tables.
+            self.node_leaf = np.zeros(len(scorer.value), dtype=np.intp)
+            for t, leaves in enumerate(tables.leaf_nodes):
+                self.node_leaf[scorer.roots[t] + np.asarray(leaves, dtype=np.intp)] = t * width + np.arange(len(leaves))
             self.raw_base = float(tables.baseline + expected)
             self.reference_note = "the training rows' mean raw score (the trees' node counts)"
         else:
@@ -243,9 +247,22 @@ class ChurnExplainer:
     # -- one record ------------------------------------------------------------------------
     def explain_one(self, numeric: list[float], categories: list[str | None]) -> tuple[float, np.ndarray]:
         """P(churn) and the contributions (n_features,) of one record."""
-        x = np.array([self.compiled.encode_one(numeric, categories)])
-        done = self.explain_encoded(x)
-        return float(done.probability[0]), done.contributions[0]
+        x = self.compiled.encode_one(numeric, categories)
+        if self.tables is None:
+            done = self.explain_encoded(np.array([x]))
+            return float(done.probability[0]), done.contributions[0]
+        # One row: the trees walked by node arrays (no binning, no leaf tables), then the
+        # same per-leaf gather as a batch.
+        scorer = self.compiled.scorer
+        node = scorer.leaves_one(x)
+        raw = float(scorer.baseline + scorer.value.take(node).sum())
+        leaf = self.node_leaf.take(node)
+        contributions = np.add.reduceat(self.pair_values.take(leaf.take(self.pair_tree) + self.pair_shift),
+                                        self.group_starts) if len(self.pair_tree) else np.zeros(len(self.features))
+        contributions[self.empty_groups] = 0.0
+        calibrator = self.compiled.calibrator
+        probability = scorer.one(x) if calibrator is None else calibrator.one(raw)
+        return probability, contributions * self.slope
 
 
 def top_reasons(contributions: np.ndarray, features: tuple[str, ...], k: int = REASONS

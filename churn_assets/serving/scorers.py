@@ -98,12 +98,17 @@ class ForestScorer:
             self.leaf_tables = None
 
     def raw_one(self, x: list[float]) -> float:
+        return float(self.baseline + self.value.take(self.leaves_one(x)).sum())
+
+    def leaves_one(self, x: list[float]) -> np.ndarray:
+        """The node (index into the flat node arrays) where one encoded row ends in each
+        tree: intp, shape (n_trees,)."""
         # Same test as scikit-learn's tree walk: x <= threshold goes left.
         step = np.where(np.array(x).take(self.feature) > self.threshold, self.right, self.left)
         node = self.roots
         for _ in range(self.depth):
             node = step.take(node)
-        return float(self.baseline + self.value.take(node).sum())
+        return node
 
     def one(self, x: list[float]) -> float:
         return float(expit(self.raw_one(x)))

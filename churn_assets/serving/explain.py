@@ -30,12 +30,13 @@ on the decision value (``scale == "decision value"``), whose order it keeps.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from churn_assets.serving.fast_path import CompiledChurnModel, EncodedRecords
+from churn_assets.serving.fast_path import CompiledChurnModel, EncodedRecords, Uncompilable
 from churn_assets.serving.leaf_tables import BLOCK_ROWS
 from churn_assets.serving.scorers import ForestScorer, IsotonicCalibrator, LinearScorer, SigmoidCalibrator
 
@@ -227,8 +228,6 @@ class ChurnExplainer:
         parts = self.compiled.split_frame(frame)
         if len(parts) == 1:
             return self.explain_many(self.compiled.frame_records(frame))
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(len(parts)) as pool:
             done = list(pool.map(lambda part: self.explain_many(self.compiled.frame_records(part)), parts))
         return Explained(np.concatenate([d.probability for d in done]),
@@ -310,8 +309,6 @@ def explainer_for(compiled: CompiledChurnModel, predictor) -> ChurnExplainer | N
 def batch_explainer(predictor) -> ChurnExplainer | None:
     """The explainer of ``predictor`` for the risk list (``reasons_frame``), or None when
     its pipeline has no compiled form or its classifier no explanation."""
-    from churn_assets.serving.fast_path import Uncompilable
-
     try:
         compiled = CompiledChurnModel(predictor)
     except Uncompilable:

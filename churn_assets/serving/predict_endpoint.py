@@ -94,20 +94,17 @@ def explained(model: ServingModel, request: PredictRequest) -> dict:
         p, row = explainer.explain_one(*records.row(0))
         proba, contributions = np.array([p]), row[None, :]
     order, effects = top_reasons(contributions, explainer.features)
+    # Whole arrays to Python lists once: the loop below then only indexes lists.
+    names = explainer.features
     n_numeric = len(explainer.compiled.numeric_features)
-    numeric = records.numeric
+    numeric = np.where(np.isnan(records.numeric), None, records.numeric).tolist()
+    texts = [list(column) for column in records.categories]
     predictions = []
-    for i, (cid, p) in enumerate(zip(request.customer_ids, proba.tolist())):
-        reasons = []
-        for j, effect in zip(order[i].tolist(), effects[i].tolist()):
-            if j < 0:
-                break
-            if j < n_numeric:
-                value = numeric[i, j]
-                value = None if value != value else float(value)
-            else:
-                value = records.categories[j - n_numeric][i]
-            reasons.append({"feature": explainer.features[j], "value": value, "effect": effect})
+    for i, (cid, p, picked, pushed) in enumerate(zip(request.customer_ids, proba.tolist(), order.tolist(),
+                                                      effects.tolist())):
+        reasons = [{"feature": names[j], "effect": effect,
+                    "value": numeric[i][j] if j < n_numeric else texts[j - n_numeric][i]}
+                   for j, effect in zip(picked, pushed) if j >= 0]
         predictions.append({"customer_id": cid, "churn_probability": p, "churn_label": int(p >= threshold),
                             "model_version": version, "reasons": reasons, "base_log_odds": base})
     scale = {"effect_scale": explainer.scale, "baseline": explainer.reference_note}

@@ -37,6 +37,8 @@ setup(
         "fastapi>=0.115,<1",
         "uvicorn[standard]>=0.30,<1",
         "orjson>=3.10,<4",
+        # Batch bodies decoded straight into typed columns (serving/batch_decode.py).
+        "msgspec>=0.19,<1",
         # Swagger UI's files for /docs, served by the server itself: the page works offline.
         # fastapi-offline ships Swagger UI 5 (5.32 in 1.7.7), which reads the OpenAPI 3.1
         # FastAPI emits; swagger-ui-bundle's 4.15 cannot ("Unable to render this definition").

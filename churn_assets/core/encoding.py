@@ -19,7 +19,7 @@ from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from churn_assets.core.features import build_preprocessor, canonical_categories, to_float
+from churn_assets.core.features import MISSING_CATEGORY, build_preprocessor, category_counts, to_float
 from churn_assets.core.spec import FeatureSpec
 
 # Rows transformed at once. 500,000 rows x 29 encoded columns: ~0.1 GiB per float64 block,
@@ -96,11 +96,14 @@ def fit_preprocessor(spec: FeatureSpec, frames: Sequence[pd.DataFrame],
         # SimpleImputer(strategy="median", keep_empty_features=True): 0 for an empty column.
         medians.append(float(np.median(present)) if len(present) else 0.0)
         del values, present
-    distinct = {}
+    distinct, counts = {}, {}
     for col in categorical_cols:
         aliases = spec.category_aliases.get(col, {})
-        distinct[col] = pd.unique(np.concatenate(
-            [pd.unique(canonical_categories(f[col], aliases)) for f in frames]))
+        # Counted, not only listed: the category mix is the reference of explanations.
+        counted = pd.concat([category_counts(f[col], aliases) for f in frames])
+        counts[col] = counted.groupby(level=0, sort=False).sum()
+        distinct[col] = np.array([np.nan if c == MISSING_CATEGORY else c for c in counts[col].index], dtype=object)
+    preprocessor.named_steps["normalize"].record_category_counts(counts)
 
     length = max([2, *(len(v) for v in distinct.values())])
     layout = {col: np.resize(vals, length) for col, vals in distinct.items()}

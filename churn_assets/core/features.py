@@ -45,13 +45,23 @@ def canonical_categories(values: pd.Series, aliases: dict[str, str]) -> np.ndarr
     return table[codes]  # code -1 (missing) picks the trailing NaN
 
 
+def category_counts(values: pd.Series, aliases: dict[str, str]) -> pd.Series:
+    """Rows per canonical category of ``values`` (missing counted as ``MISSING_CATEGORY``):
+    an int64 Series indexed by category text."""
+    canonical = pd.Series(canonical_categories(values, aliases), dtype=object).fillna(MISSING_CATEGORY)
+    return canonical.value_counts(sort=False)
+
+
 class RecordNormalizer(TransformerMixin, BaseEstimator):
     """Select the spec's feature columns and put them in canonical form.
 
     Input: DataFrame of raw records, shape (n_rows, any columns that include the spec's
     features). Output: DataFrame (n_rows, n_features) with numeric columns as float64
     (NaN for missing) and categorical columns as canonical lower-case text (NaN for
-    missing). Stateless: ``fit`` only records the column order.
+    missing). ``fit`` records the column order and ``category_shares_``: per categorical
+    column, the share of the fitted rows in each canonical category (``MISSING_CATEGORY``
+    for missing), the training window's category mix that explanations measure against.
+    ``transform`` uses neither.
     """
 
     def __init__(self, spec: FeatureSpec):
@@ -59,7 +69,14 @@ class RecordNormalizer(TransformerMixin, BaseEstimator):
 
     def fit(self, X: pd.DataFrame, y=None):
         self.feature_names_in_ = np.asarray(self.spec.feature_columns, dtype=object)
+        self.record_category_counts({col: category_counts(X[col], self.spec.category_aliases.get(col, {}))
+                                     for col in self.spec.categorical_features})
         return self
+
+    def record_category_counts(self, counts: dict[str, pd.Series]) -> None:
+        """Set ``category_shares_`` from row counts per canonical category (``category_counts``)."""
+        self.category_shares_ = {col: {str(k): float(v) / max(float(c.sum()), 1.0) for k, v in c.items()}
+                                 for col, c in counts.items()}
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
         spec = self.spec

@@ -45,6 +45,8 @@ class FeatureSpec:
             sources whose labels are already final.
         updated_at_column: Optional column telling when the source last changed a
             record (used for incremental fetches).
+        value_column: Optional numeric feature holding what a customer is worth (e.g.
+            monthly spend); the risk list's ``value_at_risk`` is P(churn) times it.
     """
 
     name: str
@@ -58,6 +60,7 @@ class FeatureSpec:
     category_aliases: dict[str, dict[str, str]] = field(default_factory=dict)
     label_horizon_days: int = 0
     updated_at_column: str | None = None
+    value_column: str | None = None
 
     def __post_init__(self) -> None:
         if not self.numeric_features and not self.categorical_features:
@@ -79,6 +82,9 @@ class FeatureSpec:
             )
         if self.label_horizon_days < 0:
             raise SpecError(f"spec {self.name!r}: label_horizon_days must be >= 0")
+        if self.value_column is not None and self.value_column not in self.numeric_features:
+            raise SpecError(f"spec {self.name!r}: value_column {self.value_column!r} is not one of"
+                            f" the numeric_features")
         if str(self.positive_label) == str(self.negative_label):
             raise SpecError(f"spec {self.name!r}: positive_label equals negative_label")
 
@@ -135,6 +141,7 @@ class SpecFile(BaseModel):
     category_aliases: dict[str, dict[str, str]] = Field(default_factory=dict)
     label_horizon_days: int = Field(0, ge=0)
     updated_at_column: str | None = None
+    value_column: str | None = None
 
     @field_validator("positive_label", "negative_label", mode="before")
     @classmethod

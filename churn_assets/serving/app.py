@@ -169,8 +169,17 @@ def openapi_document(app: FastAPI, store: ModelStore, config: ServeConfig) -> di
     document.setdefault("components", {}).setdefault("schemas", {}).update(
         {"CustomerRecord": record, "CustomerBatch": batch})
     operation = {"summary": "Churn probability of one customer or a batch", "operationId": "predict",
+                 "parameters": [{"name": "explain", "in": "query", "required": False,
+                                 "schema": {"type": "boolean", "default": False},
+                                 "description": "add per customer `reasons`: up to three"
+                                                " {feature, value, effect} pushing hardest toward churn,"
+                                                " strongest first (effect in log-odds, `effect_scale`), and"
+                                                " `base_log_odds`, the training window's average customer:"
+                                                " base_log_odds + the effects of every feature = the"
+                                                " customer's log-odds"}],
                  "responses": {"200": {"description": "per customer: churn_probability, churn_label"
-                                                      " (at the model's threshold), model_version"}}}
+                                                      " (at the model's threshold), model_version; with"
+                                                      " explain=true also reasons and base_log_odds"}}}
     document.setdefault("paths", {})["/predict"] = {"post": operation}
     operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": {
         "oneOf": [{"$ref": "#/components/schemas/CustomerRecord"},
@@ -185,6 +194,7 @@ def openapi_document(app: FastAPI, store: ModelStore, config: ServeConfig) -> di
                          ("415", "Content-Type is not application/json"),
                          ("422", "each bad row and field (or duplicate key): {row, field, message}; also"
                                  f" an empty batch or one over {config.max_batch} records"),
+                         ("501", "explain=true for a model served without explanations"),
                          ("503", "no production model loaded, or the worker is receiving too many bodies")):
         operation["responses"][status] = {"description": text}
     app.state.openapi_cache = (version, document)

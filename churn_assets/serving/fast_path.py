@@ -119,6 +119,14 @@ class CompiledChurnModel:
         self.tables: list[dict[str, int]] = []
         self.missing_column: list[int | None] = []
         self.categories: dict[str, list[str]] = {}
+        # Which raw feature (index into ``features``) each encoded column belongs to: a
+        # numeric column and its missing indicator, a category's one-hot block.
+        self.features = self.numeric_features + self.categorical_features
+        self.column_feature = np.full(self.n_encoded, -1, dtype=np.intp)
+        self.column_feature[self.numeric_start:self.numeric_start + n_num] = np.arange(n_num)
+        self.column_feature[self.numeric_start + n_num:self.numeric_start + n_num + len(self.indicator_of)] = \
+            self.indicator_of
+        self.one_hot_blocks: list[tuple[int, list[str]]] = []  # (first column, categories) per categorical feature
         if self.categorical_features:
             one_hot = columns.named_transformers_["categorical"].named_steps["one_hot"]
             if (one_hot.drop is not None or one_hot.handle_unknown != "ignore"
@@ -131,6 +139,8 @@ class CompiledChurnModel:
                 missing = {str(c): offset + i for i, c in enumerate(cats)}.get(MISSING_CATEGORY)
                 self.missing_column.append(missing)
                 self.categories[column] = [str(c) for c in cats if c != MISSING_CATEGORY]
+                self.one_hot_blocks.append((offset, [str(c) for c in cats]))
+                self.column_feature[offset:offset + len(cats)] = n_num + len(self.one_hot_blocks) - 1
                 offset += len(cats)
         self.seen_missing_category = frozenset(
             c for c, m in zip(self.categorical_features, self.missing_column) if m is not None)
@@ -203,23 +213,31 @@ class CompiledChurnModel:
         The batch scorer of the churn-risk list: the fitted pipeline's arithmetic applied
         to whole columns, equal to ``ChurnPredictor.predict_proba`` within 1e-9.
         """
-        parts = self.scorer.parts(len(frame)) if isinstance(self.scorer, ForestScorer) else 1
-        if parts == 1:
-            return self._predict_frame_part(frame, split=True)
+        parts = self.split_frame(frame)
+        if len(parts) == 1:
+            return self.predict_many(self.frame_records(frame), split=True)
         # Each thread encodes and walks its own rows, so one thread's encoding (which
         # holds the GIL) overlaps the other's tree walk (which releases it) instead of
         # leaving a core idle (BENCHMARKS.md, "Churn-risk list throughput").
-        bounds = np.linspace(0, len(frame), parts + 1).astype(int)
-        pieces = [frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-        with ThreadPoolExecutor(parts) as pool:
-            return np.concatenate(list(pool.map(self._predict_frame_part, pieces)))
+        with ThreadPoolExecutor(len(parts)) as pool:
+            return np.concatenate(list(pool.map(
+                lambda part: self.predict_many(self.frame_records(part), split=False), parts)))
 
-    def _predict_frame_part(self, frame: pd.DataFrame, split: bool = False) -> np.ndarray:
+    def split_frame(self, frame: pd.DataFrame) -> list[pd.DataFrame]:
+        """``frame`` cut into the parts worth a thread each (one for a linear model)."""
+        parts = self.scorer.parts(len(frame)) if isinstance(self.scorer, ForestScorer) else 1
+        if parts == 1:
+            return [frame]
+        bounds = np.linspace(0, len(frame), parts + 1).astype(int)
+        return [frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def frame_records(self, frame: pd.DataFrame) -> EncodedRecords:
+        """The spec columns of a DataFrame of raw records, as the fast path takes them."""
         n_rows = len(frame)
         numeric = (np.column_stack([to_float(frame[c]).to_numpy(np.float64) for c in self.numeric_features])
                    if self.numeric_features else np.empty((n_rows, 0)))
         categories = [frame[c] for c in self.categorical_features]
-        return self.predict_many(EncodedRecords(np.ascontiguousarray(numeric), categories), split)
+        return EncodedRecords(np.ascontiguousarray(numeric), categories)
 
     def predict_one(self, numeric: list[float], categories: list[str | None]) -> float:
         """P(churn) of one record, without NumPy for the linear model and without pandas."""

@@ -82,9 +82,13 @@ class LeafTables:
         bins_per_feature = [int(n) for n in clf._bin_mapper.n_bins_non_missing_]
         per_feature = [np.full((n, len(trees)), all_leaves, dtype=self.mask_dtype) for n in bins_per_feature]
         self.leaf_values = np.zeros((len(trees), width), dtype=np.float64)
+        # Per tree, the node index of each leaf in left-to-right order (explanations map
+        # a row's leaves back to the trees' nodes with it).
+        self.leaf_nodes: list[list[int]] = []
         split_features: set[int] = set()
         for t, nodes in enumerate(trees):
             low, high, leaves = _leaf_ranges(nodes)
+            self.leaf_nodes.append(leaves)
             self.leaf_values[t, :len(leaves)] = nodes["value"][leaves]
             for node in np.flatnonzero(~nodes["is_leaf"].astype(bool)):
                 left = nodes["left"][node]
@@ -126,13 +130,17 @@ class LeafTables:
         out = np.empty(len(binned), dtype=np.float64)
         for start in range(0, len(binned), BLOCK_ROWS):
             block = binned[start:start + BLOCK_ROWS]
-            out[start:start + len(block)] = self._raw_block(block)
+            out[start:start + len(block)] = self.raw_of_leaves(self.leaves(block))
         missing = (binned == self.missing_bin).any(axis=1)
         if missing.any():
             out[missing] = walked_raw(self.clf, np.ascontiguousarray(binned[missing]))[:, 0]
         return out
 
-    def _raw_block(self, block: np.ndarray) -> np.ndarray:
+    def leaves(self, block: np.ndarray) -> np.ndarray:
+        """The leaf each row of ``block`` (binned, at most a few thousand rows) reaches in
+        every tree, as indices into ``leaf_values.ravel()``: intp, shape (n_rows, n_trees).
+        Tree ``t``'s leaf number, left to right, is the index less ``t * leaf_values.shape[1]``.
+        Rows holding the missing-values bin get a meaningless leaf (``raw`` rescores them)."""
         n_rows = len(block)
         possible = None
         for group, table in zip(self.groups, self.tables):
@@ -151,7 +159,11 @@ class LeafTables:
         # bit below it, so its number is that count less one (folded into the offsets).
         below = possible - self.mask_dtype(1)
         below ^= possible
-        leaf = np.bitwise_count(below) + self.leaf_offsets
+        return np.bitwise_count(below) + self.leaf_offsets
+
+    def raw_of_leaves(self, leaf: np.ndarray) -> np.ndarray:
+        """The raw score of rows whose leaves (``leaves``) are ``leaf``: shape (n_rows,)."""
+        n_rows = len(leaf)
         # Summed down the first axis, tree after tree from the baseline: scikit-learn's order.
         values = np.empty((self.n_trees + 1, n_rows), dtype=np.float64)
         values[0] = self.baseline

@@ -42,6 +42,7 @@ from churn_assets.core.artifact import ChurnPredictor
 from churn_assets.storage import location
 from churn_assets.storage.object_registry import open_registry
 from churn_assets.storage.registry import ModelRegistry, RegistryError, file_sha256
+from churn_assets.serving.explain import ChurnExplainer, explainer_for
 from churn_assets.serving.fast_path import CompiledChurnModel, EncodedRecords, Uncompilable
 from churn_assets.serving.schema import RecordSchema
 
@@ -60,6 +61,7 @@ class ServingModel:
     compiled: CompiledChurnModel | None  # None: no exact fast path, pandas pipeline instead
     schema: RecordSchema
     loaded_at: float = field(default_factory=time.time)
+    explainer: ChurnExplainer | None = None  # None: no explanations (no compiled form)
 
     @property
     def threshold(self) -> float:
@@ -98,7 +100,9 @@ def load_serving_model(registry: ModelRegistry, pointer: dict, max_batch: int) -
                     version.version, exc)
         compiled = None
     schema = RecordSchema(predictor.spec, compiled, max_batch)
-    return ServingModel(version.version, expected, version.manifest, pointer, predictor, compiled, schema)
+    explainer = explainer_for(compiled, predictor) if compiled is not None else None
+    return ServingModel(version.version, expected, version.manifest, pointer, predictor, compiled, schema,
+                        explainer=explainer)
 
 
 def _stat_key(path: Path) -> tuple | None:

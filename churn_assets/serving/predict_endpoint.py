@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 from starlette.concurrency import run_in_threadpool
 
+from churn_assets.serving.explain import top_reasons
 from churn_assets.serving.model_store import ModelStore, ServingModel
 from churn_assets.serving.schema import PredictRequest, RequestRejected, problem
 
@@ -59,9 +60,12 @@ class ClientGone(Exception):
     """The client disconnected before sending its whole body."""
 
 
-def score(model: ServingModel, request: PredictRequest) -> dict:
-    """Probabilities and labels for a checked request, all from ``model``."""
+def score(model: ServingModel, request: PredictRequest, explain: bool = False) -> dict:
+    """Probabilities and labels for a checked request, all from ``model``; with
+    ``explain``, each customer's ``reasons`` and ``base_log_odds`` too (``explain.py``)."""
     version, threshold = model.version, model.threshold
+    if explain:
+        return explained(model, request)
     if not request.batch:
         p = model.predict_one(*request.records.row(0))
         return {"model_version": version, "customer_id": request.customer_ids[0],
@@ -74,8 +78,67 @@ def score(model: ServingModel, request: PredictRequest) -> dict:
     return {"model_version": version, "threshold": threshold, "predictions": predictions}
 
 
-def parse_and_score(model: ServingModel, body: bytes) -> dict:
-    return score(model, model.schema.parse(body))
+def explained(model: ServingModel, request: PredictRequest) -> dict:
+    """``score`` with reasons: per customer the features pushing hardest toward churn,
+    ``{"feature", "value", "effect"}`` strongest first, and the base they add to."""
+    explainer = model.explainer
+    if explainer is None:
+        raise RequestRejected(501, [problem(None, "explain", f"model {model.version} has no explanations"
+                                            " (it is served through the pandas pipeline)")])
+    version, threshold, base = model.version, model.threshold, explainer.base
+    records = request.records
+    if request.batch:
+        done = explainer.explain_many(records)
+        proba, contributions = done.probability, done.contributions
+    else:
+        p, row = explainer.explain_one(*records.row(0))
+        proba, contributions = np.array([p]), row[None, :]
+    order, effects = top_reasons(contributions, explainer.features)
+    # Whole arrays to Python lists once: the loop below then only indexes lists.
+    names = explainer.features
+    n_numeric = len(explainer.compiled.numeric_features)
+    numeric = np.where(np.isnan(records.numeric), None, records.numeric).tolist()
+    texts = [list(column) for column in records.categories]
+    predictions = []
+    for i, (cid, p, picked, pushed) in enumerate(zip(request.customer_ids, proba.tolist(), order.tolist(),
+                                                      effects.tolist())):
+        reasons = [{"feature": names[j], "effect": effect,
+                    "value": numeric[i][j] if j < n_numeric else texts[j - n_numeric][i]}
+                   for j, effect in zip(picked, pushed) if j >= 0]
+        predictions.append({"customer_id": cid, "churn_probability": p, "churn_label": int(p >= threshold),
+                            "model_version": version, "reasons": reasons, "base_log_odds": base})
+    scale = {"effect_scale": explainer.scale, "baseline": explainer.reference_note}
+    if not request.batch:
+        one = predictions[0]
+        return {"model_version": version, "customer_id": one["customer_id"],
+                "churn_probability": one["churn_probability"], "churn_label": one["churn_label"],
+                "threshold": threshold, "reasons": one["reasons"], "base_log_odds": base, **scale}
+    return {"model_version": version, "threshold": threshold, "base_log_odds": base, **scale,
+            "predictions": predictions}
+
+
+def parse_and_score(model: ServingModel, body: bytes, explain: bool = False) -> dict:
+    return score(model, model.schema.parse(body), explain)
+
+
+def explain_requested(query: bytes) -> bool:
+    """``explain=true`` (or 1, yes) in the query string; any other value of it is a 422."""
+    if not query:
+        return False
+    wanted = False
+    for part in query.split(b"&"):
+        key, _, value = part.partition(b"=")
+        if key != b"explain":
+            continue
+        value = value.lower()
+        if value in (b"true", b"1", b"yes"):
+            wanted = True
+        elif value in (b"false", b"0", b"no", b""):
+            wanted = False
+        else:
+            raise RequestRejected(422, [problem(None, "explain", f"must be true or false, not"
+                                                f" {value.decode('latin-1')!r}")])
+    return wanted
 
 
 def token_ok(headers: dict[bytes, bytes], token: bytes | None) -> bool:
@@ -177,14 +240,15 @@ class PredictFrontDoor:
                 reason = self.store.problem or "no production model loaded"
                 await respond(send, 503, orjson.dumps({"ready": False, "reason": reason}))
                 return
+            explain = explain_requested(scope.get("query_string", b""))
             if len(body) > THREAD_BODY_BYTES:
-                result = await run_in_threadpool(parse_and_score, model, body)
+                result = await run_in_threadpool(parse_and_score, model, body, explain)
             else:
                 checked = model.schema.parse(body)
                 if len(checked.customer_ids) > THREAD_BATCH_ROWS:
-                    result = await run_in_threadpool(score, model, checked)
+                    result = await run_in_threadpool(score, model, checked, explain)
                 else:
-                    result = score(model, checked)
+                    result = score(model, checked, explain)
         except RequestRejected as exc:
             # A body refused before it was all read would be read as the next request.
             extra = [CLOSE] if isinstance(exc, (BodyTooLarge, BodyTimeout, ServerBusy)) else []

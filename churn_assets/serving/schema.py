@@ -27,11 +27,13 @@ from operator import itemgetter
 import numpy as np
 import orjson
 
+from churn_assets.serving.batch_decode import ColumnDecoder
 from churn_assets.serving.fast_path import CompiledChurnModel, EncodedRecords
 from churn_assets.core.categories import as_text
 from churn_assets.core.spec import FeatureSpec
 
 BATCH_KEY = "customers"
+_BATCH_KEY_BYTES = b'"customers"'
 MAX_REPORTED_PROBLEMS = 200
 _ABSENT = object()
 _NUMBERS_OR_NONE = frozenset({float, int, type(None)})
@@ -57,6 +59,16 @@ class RequestRejected(Exception):
         shown = self.problems[:MAX_REPORTED_PROBLEMS]
         return {"detail": shown, "problem_count": len(self.problems),
                 "truncated": len(self.problems) > len(shown)}
+
+
+def byte_count(body: bytes, chars: bytes) -> int:
+    """How many bytes of ``body`` are any of ``chars``: one vectorised compare per char
+    (``bytes.count`` of one byte measured 6x slower on a 3.3 MB body)."""
+    if len(body) < COUNTED_BODY_BYTES:
+        return sum(body.count(bytes([c])) for c in chars)
+    data = np.frombuffer(body, dtype=np.uint8)
+    step = 256 * 1024  # compared a slice at a time: memory stays far below the body's size
+    return sum(int(np.count_nonzero(data[i:i + step] == c)) for i in range(0, len(data), step) for c in chars)
 
 
 def problem(row: int | None, field: str | None, message: str) -> dict:
@@ -148,12 +160,19 @@ class RecordSchema:
         self._category_getter = _getter(self.categorical)
         self._required_numeric = [i for i, c in enumerate(self.numeric) if c in self.required]
         self._required_categorical = [j for j, c in enumerate(self.categorical) if c in self.required]
+        self._columns = (None if BATCH_KEY in self.allowed else ColumnDecoder(
+            BATCH_KEY, spec.id_column, spec.timestamp_column, self.numeric, self.categorical,
+            self._required_numeric, self._required_categorical))
 
     # -- parsing -------------------------------------------------------------------------
     def parse(self, body: bytes) -> PredictRequest:
         """Parse and check a request body; raises ``RequestRejected`` (422 or 413)."""
         if len(body) > COUNTED_BODY_BYTES:
             self._bound_parse_cost(body)
+        if self._columns is not None and _BATCH_KEY_BYTES in body[:64]:
+            checked = self._parse_columns(body)
+            if checked is not None:
+                return checked
         try:
             payload = orjson.loads(body)  # strict JSON: NaN, Infinity and 1e999 are errors
         except orjson.JSONDecodeError as exc:
@@ -176,6 +195,20 @@ class RecordSchema:
             raise RequestRejected(422, problems)
         return PredictRequest(False, [customer_id], EncodedRecords(np.array([numeric]), [[t] for t in categories]))
 
+    def _parse_columns(self, body: bytes) -> PredictRequest | None:
+        """A plain, valid batch read column by column (``batch_decode``); None when it
+        needs the row-by-row reading, which names each problem."""
+        decoded = self._columns.decode(body)
+        if decoded is None:
+            return None
+        keys, ids, matrix, categories = decoded
+        if len(ids) > self.max_batch:
+            raise RequestRejected(413, [problem(None, BATCH_KEY, f"{len(ids)} records; at most"
+                                                f" {self.max_batch} per request")])
+        if byte_count(body, b":") > keys:  # the decoder keeps the last of duplicate keys silently
+            _reject_duplicate_keys(body, True)
+        return PredictRequest(True, ids, EncodedRecords(matrix, categories))
+
     def _bound_parse_cost(self, body: bytes) -> None:
         """413 for a body with more JSON values than a full batch can hold, before parsing.
 
@@ -186,7 +219,7 @@ class RecordSchema:
         counted too, which only matters for bodies far outside any real batch.
         """
         limit = self.max_batch * (len(self.allowed) + SLACK_FIELDS) + 16
-        count = body.count(b",") + body.count(b"{") + body.count(b"[")
+        count = byte_count(body, b",{[")
         if count > limit:
             raise RequestRejected(413, [problem(None, None, f"body holds about {count} JSON values; a batch"
                                                 f" of at most {self.max_batch} records of"

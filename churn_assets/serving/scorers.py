@@ -48,6 +48,11 @@ class LinearScorer:
     def many(self, X: np.ndarray, split: bool = True) -> np.ndarray:
         return expit(self.raw_many(X))
 
+    @staticmethod
+    def probability_of_raw(raw: np.ndarray) -> np.ndarray:
+        """The classifier's own P(churn) of decision values ``raw`` (n,)."""
+        return expit(raw)
+
 
 class ForestScorer:
     """Binary HistGradientBoostingClassifier as flat node arrays.
@@ -93,12 +98,17 @@ class ForestScorer:
             self.leaf_tables = None
 
     def raw_one(self, x: list[float]) -> float:
+        return float(self.baseline + self.value.take(self.leaves_one(x)).sum())
+
+    def leaves_one(self, x: list[float]) -> np.ndarray:
+        """The node (index into the flat node arrays) where one encoded row ends in each
+        tree: intp, shape (n_trees,)."""
         # Same test as scikit-learn's tree walk: x <= threshold goes left.
         step = np.where(np.array(x).take(self.feature) > self.threshold, self.right, self.left)
         node = self.roots
         for _ in range(self.depth):
             node = step.take(node)
-        return float(self.baseline + self.value.take(node).sum())
+        return node
 
     def one(self, x: list[float]) -> float:
         return float(expit(self.raw_one(x)))
@@ -109,6 +119,10 @@ class ForestScorer:
 
     def many(self, X: np.ndarray, split: bool = True) -> np.ndarray:
         return self.clf._loss.predict_proba(self._raw(X, split))[:, 1]
+
+    def probability_of_raw(self, raw: np.ndarray) -> np.ndarray:
+        """The classifier's own P(churn) of raw scores ``raw`` (n,)."""
+        return self.clf._loss.predict_proba(raw[:, None])[:, 1]
 
     def parts(self, n_rows: int) -> int:
         """Threads worth using for ``n_rows``: one per 2,000 rows, at most ``threads``."""

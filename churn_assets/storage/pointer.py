@@ -36,6 +36,17 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def shown_time(iso: str | None, seconds: bool = True) -> str:
+    """"2026-05-12 09:14:03 UTC" from a stored ISO time (the text itself if unparsable)."""
+    try:
+        moment = dt.datetime.fromisoformat(str(iso))
+    except ValueError:
+        return str(iso)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.timezone.utc)
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC" if seconds else f"{moment:%Y-%m-%d %H:%M} UTC"
+
+
 def pin_of(pointer: dict | None) -> dict | None:
     """The pin of a pointer, or None when refreshes may promote."""
     pin = (pointer or {}).get("pinned")
@@ -43,17 +54,17 @@ def pin_of(pointer: dict | None) -> dict | None:
 
 
 def pin_text(pointer: dict | None) -> str:
-    """"pinned by alice (churn-assets rollback) at 2026-05-12T09:14:03+00:00", or ""."""
+    """"pinned by alice (churn-assets rollback) at 2026-05-12 09:14:03 UTC", or ""."""
     pin = pin_of(pointer)
     if pin is None:
         return ""
-    return f"pinned by {pin.get('by') or 'the operator'} at {pin['at']}"
+    return f"pinned by {pin.get('by') or 'the operator'} at {shown_time(pin['at'])}"
 
 
 def held_reason(pointer: dict) -> str:
     """What a challenger that passed the gate while production was pinned is recorded as."""
     pin = pin_of(pointer) or {}
-    return f"held: production pinned by the operator at {pin.get('at', '?')}"
+    return f"held: production pinned by the operator at {shown_time(pin.get('at'))}"
 
 
 def manual_change_at(pointer: dict | None) -> str | None:
@@ -64,6 +75,29 @@ def manual_change_at(pointer: dict | None) -> str | None:
     pointer = pointer or {}
     pin = pin_of(pointer)
     return (pin or {}).get("at") or pointer.get("unpinned_at")
+
+
+def production_status(pointer: dict | None, version: str) -> str:
+    """One sentence for ``version``'s model card: in production or not, and the pin."""
+    pointer = pointer or {}
+    if pointer.get("version") != version:
+        return (f"Not in production (production is {pointer['version']})." if pointer.get("version")
+                else "Not in production (nothing is).")
+    text = f"In production since {shown_time(pointer.get('promoted_at'))}"
+    if pin_of(pointer):
+        return text + f", {pin_text(pointer)}: no refresh replaces it until `churn-assets unpin`."
+    return text + "."
+
+
+def raised_before(recorded_at, changed_at: str | None) -> bool:
+    """Whether something recorded at ``recorded_at`` (ISO) predates the operator's change
+    at ``changed_at`` (``manual_change_at``); an undated record counts as older."""
+    if not changed_at:
+        return False
+    try:
+        return dt.datetime.fromisoformat(str(recorded_at)) <= dt.datetime.fromisoformat(changed_at)
+    except (TypeError, ValueError):
+        return True
 
 
 def promotion_records(target, previous: str | None, note: dict, reason: str, run_id: str | None,

@@ -8,10 +8,13 @@ import sys
 import warnings
 from contextlib import contextmanager
 
-from churn_assets.cli.dagster_home import _dagster, prepare_dagster_home
+from churn_assets.cli.dagster_home import prepare_dagster_home
 from churn_assets.cli.parsing import iso_date
 from churn_assets.settings import load_settings
 
+# `churn-assets dev` stops within 5 s of SIGINT or SIGTERM: its processes get this long to
+# shut down cleanly (the webserver and an idle daemon take about 1 s), then are killed.
+DEV_GRACE_SECONDS = 2.5
 # A refused challenger is a decision, not a crash: its own exit code, so a cron job or CI
 # step can tell "the gate kept production" (4) from "the refresh broke" (1).
 REFUSED_EXIT = 4
@@ -89,7 +92,57 @@ def rescore_risk_list(settings, trigger: str) -> tuple[bool, str]:
 
 
 def cmd_dev(ns: argparse.Namespace) -> int:
-    return _dagster(["dev", "-m", "churn_assets", "--host", ns.host, "--port", str(ns.port)])
+    """``dagster dev`` on the persistent instance, stopped within 5 s of a SIGINT or SIGTERM.
+
+    ``dagster dev`` gives its webserver and daemon a minute each to shut down, and the
+    daemon takes that long while a sensor or a run is busy. So it runs in its own process
+    group: a signal asks the whole group to stop (SIGINT, what Ctrl-C would send), and
+    whatever is still running after the grace period is killed. A run killed this way is
+    marked failed by the next ``materialize`` or by run monitoring (defs/liveness.py).
+    """
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    settings = load_settings()
+    env = dict(os.environ)
+    env.setdefault("DAGSTER_HOME", str(prepare_dagster_home(settings.local_home, settings.dagster.postgres_url_env)))
+    command = [sys.executable, "-m", "churn_assets.cli.dev_child", "dev", "-m", "churn_assets",
+               "--host", ns.host, "--port", str(ns.port)]
+    stop = threading.Event()
+    caught: list[int] = []
+
+    def asked_to_stop(signum, frame):
+        caught.append(signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, asked_to_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        child = subprocess.Popen(command, env=env, start_new_session=True)
+        while child.poll() is None and not stop.wait(0.1):
+            pass
+        if child.poll() is not None:
+            return child.returncode  # it ended on its own (a port in use, a bad workspace)
+        print(f"churn-assets dev: {signal.Signals(caught[0]).name} received; stopping the UI and daemon",
+              file=sys.stderr, flush=True)
+        _signal_group(child.pid, signal.SIGINT)
+        deadline = time.monotonic() + DEV_GRACE_SECONDS
+        while child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _signal_group(child.pid, signal.SIGKILL)  # stragglers of the group, even if the leader is gone
+        child.wait()
+        return 0
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        pass  # everyone in the group has exited
 
 
 def add_commands(sub) -> None:

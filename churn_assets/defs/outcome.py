@@ -62,10 +62,14 @@ def outcome_from_events(instance: dg.DagsterInstance, run_id: str, *, in_run: bo
 
 
 def settle_outcome(instance: dg.DagsterInstance, run_id: str, *, in_run: bool = False) -> str:
-    """The run's outcome tag, set from its events if the run did not set it itself."""
+    """The run's outcome tag, set from its events if the run did not set it itself (a
+    re-execution from the UI copies its parent's tags: a value equal to the parent's may
+    be the parent's, so it is decided again from this run's events)."""
     run = instance.get_run_by_id(run_id)
     existing = run.tags.get(OUTCOME_TAG) if run is not None else None
-    if existing in OUTCOMES:
+    parent = instance.get_run_by_id(run.parent_run_id) if run is not None and run.parent_run_id else None
+    inherited = parent is not None and parent.tags.get(OUTCOME_TAG) == existing
+    if existing in OUTCOMES and not inherited:
         return existing
     outcome = outcome_from_events(instance, run_id, in_run=in_run)
     tag_outcome(instance, run_id, outcome)

@@ -72,7 +72,15 @@ def rule_in_words(outcome, comparison: dict | None = None) -> str:
         size = f"by {abs(regression):.3f}"
         detail = "; ".join(x for x in (_interval(comparison), f"allowed {allowed:g}") if x)
         if o.get("mode") != "noninferiority":
-            if regression > allowed:
+            if regression > allowed and allowed < 0:  # the rule demands an improvement
+                better_word = "higher" if higher else "lower"
+                measured = (f"only {-regression:.3f} {better_word} than" if regression < 0
+                            else f"{regression:.3f} {worse_word} than" if regression > 0 else "equal to")
+                interval = _interval(comparison)
+                parts.append(f"{label} is {measured} the champion's"
+                             + (f" ({interval})" if interval else "")
+                             + f"; the rule asks for at least {-allowed:g} {better_word}")
+            elif regression > allowed:
                 parts.append(f"{label} is {worse_word} than the champion's {size} ({detail})")
         elif failed and not comparison:
             parts.append(f"no paired comparison of {label} was computed, so the rule cannot pass")

@@ -91,11 +91,13 @@ def production_status(pointer: dict | None, version: str) -> str:
 
 def raised_before(recorded_at, changed_at: str | None) -> bool:
     """Whether something recorded at ``recorded_at`` (ISO) predates the operator's change
-    at ``changed_at`` (``manual_change_at``); an undated record counts as older."""
+    at ``changed_at`` (``manual_change_at``); an undated record counts as older. Both are
+    whole seconds: a record of the same second counts as newer (an alarm the operator could
+    not yet have seen when acting)."""
     if not changed_at:
         return False
     try:
-        return dt.datetime.fromisoformat(str(recorded_at)) <= dt.datetime.fromisoformat(changed_at)
+        return dt.datetime.fromisoformat(str(recorded_at)) < dt.datetime.fromisoformat(changed_at)
     except (TypeError, ValueError):
         return True
 

@@ -111,6 +111,7 @@ def _after_manual_change(pointer: dict, action: str) -> int:
     with the version now in production (so the CRM's list follows production at once)."""
     from churn_assets.cli.run import rescore_risk_list
     from churn_assets.storage.pointer import pin_text
+    from churn_assets.storage.risk_list import list_exists
 
     settings = load_settings()
     print(f"production is now {pointer['version']} (was {pointer['previous']}), {pin_text(pointer)}.")
@@ -124,6 +125,9 @@ def _after_manual_change(pointer: dict, action: str) -> int:
               " the registry is correct, the UI may show the old version", file=sys.stderr)
     if stale is None:
         print(f"  risk list: already scored by {pointer['version']}")
+        return 0
+    if not list_exists(settings.home):
+        print("  risk list: none written yet; the next refresh writes it")
         return 0
     done, what = rescore_risk_list(settings, action)
     if done:

@@ -39,6 +39,12 @@ def write_state(home, state: dict) -> None:
     atomic_write_json(scores_dir(home) / STATE_FILE, state)
 
 
+def list_exists(home) -> bool:
+    """Whether any risk list (or the record of one) has been written yet."""
+    folder = scores_dir(home)
+    return (folder / LIST_FILE).exists() or (folder / STATE_FILE).exists()
+
+
 def stale_reason(home, production_version: str, production_sha256: str, sql_table: str | None) -> str | None:
     """Why the list is not production's, or None if it is. ``sql_table``: the table the
     list must also be in (``[scores] sql_table`` when ``sql_url_env`` is set), else None."""

@@ -138,3 +138,14 @@ def test_a_failed_upsert_after_a_deploy_is_repaired_by_the_next_run(home, postgr
     again = refresh(home, NEXT_WEEK, "CRM_DATABASE_URL", table)
     assert again.success and not [e for e in again.get_asset_materialization_events()
                                   if e.asset_key == dg.AssetKey("churn_scores")]
+
+
+def test_a_run_with_nothing_to_train_and_nothing_in_production_still_succeeds(home):
+    from churn_assets_tests.conftest import run_graph
+
+    early = "2026-02-02"  # too little labelled history for a first model
+    first = run_graph(home, simulator(early))
+    assert not first.success  # clean_features: not enough labelled history yet
+    again = run_graph(home, simulator(early))  # nothing new, nothing to train, no production
+    assert again.success, [e.message for e in again.all_events if e.is_failure]
+    assert production_version(home) is None and not (home / "scores").exists()

@@ -153,7 +153,10 @@ def score_with_production(context: dg.OpExecutionContext, storage: ChurnStorage,
     settle_outcome(context.instance, context.run.run_id, in_run=True)
     production, registry = _production(storage)
     if production is None:
-        raise dg.Failure(description="churn_scores: no model in production yet", allow_retries=False)
+        # deployed_model did not run (it materializes only with a model in production):
+        # a first run that found nothing to train on has no list to write either.
+        context.log.info("no model in production yet; no risk list to write")
+        return
     latest = context.instance.get_latest_materialization_event(dg.AssetKey("deployed_model"))
     decided_now = latest is not None and latest.run_id == context.run.run_id
     reason = stale_reason(storage, risk_list, production)

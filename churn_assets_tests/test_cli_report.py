@@ -81,7 +81,11 @@ def test_materialize_summary_then_versions_card_and_rollback_reported_to_dagster
     assert re.search(r"^  \S+ \S+ UTC  v0002 promoted by run \w{8} \(passed gate against v0001\)$", out, flags=re.M)
 
     card_file = home / "registry" / "versions" / "v0002" / "card.md"
-    assert run_cli(capsys, "card")[1] == card_file.read_text()
+    # The stored card, with its current status under the title.
+    title, _, rest = card_file.read_text().partition("\n")
+    printed = run_cli(capsys, "card")[1]
+    assert re.fullmatch(r"> In production since \S+ \S+ UTC\.", printed.splitlines()[2]), printed[:300]
+    assert printed.splitlines()[0] == title and printed.endswith(rest)
     assert run_cli(capsys, "card", "v0001")[1].startswith("# Model card: churn model v0001")
     code, _, err = run_cli(capsys, "card", "v0042")
     assert code == 2 and "v0042" in err

@@ -28,8 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-STEP_START = re.compile(r' - (\w+) - STEP_START - Started execution of step "(\w+)"')
-STEP_DONE = re.compile(r' - (\w+) - STEP_SUCCESS - Finished execution of step "\w+" in (\S+)\.?$')
+# Step keys of graph-backed assets have a dot: "churn_scores.score_with_production".
+STEP_START = re.compile(r' - ([\w.]+) - STEP_START - Started execution of step "([\w.]+)"')
+STEP_DONE = re.compile(r' - ([\w.]+) - STEP_SUCCESS - Finished execution of step "[\w.]+" in (\S+)\.?$')
 DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m(?!s))?(?:([\d.]+)(ms|s))?$")
 
 

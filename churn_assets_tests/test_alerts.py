@@ -11,6 +11,7 @@ import dagster as dg
 import pytest
 
 from churn_assets.defs.alerts import WEBHOOK_ENV
+from churn_assets.defs.outcome import OUTCOME_TAG
 from churn_assets.core.gate import GateRule
 from churn_assets.defs.sensors import churn_failure_alert
 from churn_assets.settings import Settings
@@ -58,6 +59,7 @@ def test_failed_run_posts_slack_json(tmp_path, monkeypatch, webhook, caplog):
     assert run_id in fields and "raw_customers" in fields
     assert "not-the-token" not in json.dumps(payload) and TOKEN not in json.dumps(payload)
     assert any(run_id in record.getMessage() for record in caplog.records)  # the log line
+    assert payload["text"].startswith("churn refresh failed") and instance.get_run_by_id(run_id).tags[OUTCOME_TAG] == "failed"
 
 
 def test_dead_webhook_leaves_the_failure_visible(tmp_path, monkeypatch, caplog):
@@ -88,5 +90,9 @@ def test_blocked_gate_is_alerted_in_plain_words(tmp_path, webhook):
     assert not result.success
     alert_for(instance, result.run_id)
     text = webhook.posts[0]["text"]
-    assert "deployment gate blocked the new model" in text and "below the floor 0.999" in text
+    # A refusal is a decision, worded as one: the rule in words and what stays in production.
+    assert text.startswith("churn refresh refused the new model: run ") and "failed" not in text, text
+    assert "ROC AUC is 0." in text and "below the floor of 0.999; nothing is in production yet" in text
+    assert webhook.posts[0]["blocks"][0]["text"]["text"] == "Churn model refused by the deployment gate"
+    assert instance.get_run_by_id(result.run_id).tags[OUTCOME_TAG] == "refused"
     assert not (tmp_path / "home" / "registry" / "production.json").exists()

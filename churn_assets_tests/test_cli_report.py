@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import pytest
 
 from churn_assets import cli
@@ -54,13 +55,15 @@ def test_materialize_summary_then_versions_card_and_rollback_reported_to_dagster
     assert re.search(r"^  records fetched: \d+ \(simulator", out, flags=re.M)
     assert re.search(r"^  history rows: \d+", out, flags=re.M)
     assert "chosen family: logistic_regression" in out
-    assert "gate: pass (bootstrap" in out and "production: v0001 (new" in out
+    assert "gate: pass (bootstrap" in out and "production: v0001 (new, first version)" in out
+    assert "None" not in out
 
     code, out, err = run_cli(capsys, "materialize", "--as-of", NEXT_WEEK, *FAST)
     assert code == 0, out + err
     assert "challenger vs champion v0001" in out
     assert re.search(r"^    roc_auc\s+0\.\d{4} vs 0\.\d{4}  delta [+-]0\.\d{4} \(95% CI ", out, flags=re.M)
-    assert "production: v0002 (new; was v0001)" in out
+    assert "production: v0002 (new, replaces v0001)" in out
+    assert re.search(r"^  risk list: \d+ customers scored by v0002$", out, flags=re.M)
 
     code, out, _ = run_cli(capsys, "versions", "--json")
     listing = json.loads(out)
@@ -69,42 +72,67 @@ def test_materialize_summary_then_versions_card_and_rollback_reported_to_dagster
     assert v2["champion_version"] == "v0001" and v2["gate_passed"] is True
     assert v2["ci_low"] < v2["delta_roc_auc"] < v2["ci_high"]
     code, out, _ = run_cli(capsys, "versions")
-    assert re.search(r"^\* v0002 .* vs v0001 0\.\d{4} \(delta [+-]0\.\d{4}, 95% CI ", out, flags=re.M)
+    assert max(len(line) for line in out.splitlines()) <= 120, out
+    assert re.search(r"^\* v0002  registered \d{4}-\d\d-\d\d \d\d:\d\d UTC  data as of 2026-05-11"
+                     r"  holdout \d{4}-\d\d-\d\d to \d{4}-\d\d-\d\d$", out, flags=re.M), out
+    assert re.search(r"^ {9}ROC AUC 0\.\d{4}, [+-]0\.\d{4} (better|worse|equal) \(95% CI ", out, flags=re.M), out
+    assert re.search(r"Brier score [+-]0\.\d{4} (better|worse|equal)", out)
+    assert "['" not in out and "None" not in out
+    assert re.search(r"^  \S+ \S+ UTC  v0002 promoted by run \w{8} \(passed gate against v0001\)$", out, flags=re.M)
 
     card_file = home / "registry" / "versions" / "v0002" / "card.md"
-    assert run_cli(capsys, "card")[1] == card_file.read_text()
+    # The stored card, with its current status under the title.
+    title, _, rest = card_file.read_text().partition("\n")
+    printed = run_cli(capsys, "card")[1]
+    assert re.fullmatch(r"> In production since \S+ \S+ UTC\.", printed.splitlines()[2]), printed[:300]
+    assert printed.splitlines()[0] == title and printed.endswith(rest)
     assert run_cli(capsys, "card", "v0001")[1].startswith("# Model card: churn model v0001")
     code, _, err = run_cli(capsys, "card", "v0042")
     assert code == 2 and "v0042" in err
 
     code, out, err = run_cli(capsys, "rollback")
-    assert code == 0 and "production is now v0001" in out, err
+    assert code == 0 and "production is now v0001 (was v0002), pinned by " in out, err
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
-        event = instance.get_latest_materialization_event(dg.AssetKey("deployed_model"))
+        [event] = instance.fetch_materializations(dg.AssetKey("deployed_model"), limit=1).records
+        scores = instance.get_latest_materialization_event(dg.AssetKey("churn_scores"))
     assert event.run_id == ""  # runless: reported outside any run
-    assert event.asset_materialization.metadata["production_version"].value == "v0001"
+    metadata = event.asset_materialization.metadata
+    assert metadata["production_version"].value == "v0001"
+    assert metadata["pinned"].value.startswith("pinned by ") and "(churn-assets rollback)" in metadata["pinned"].value
+    # The risk list was rescored with v0001 at once, by a run the UI shows.
+    assert "risk list: " in out and "scored by v0001" in out
+    assert scores.asset_materialization.metadata["production_version"].value == "v0001"
+    assert set(pd.read_parquet(home / "scores" / "churn_scores.parquet")["model_version"]) == {"v0001"}
     assert run_cli(capsys, "card")[1].startswith("# Model card: churn model v0001")
+    code, out, _ = run_cli(capsys, "versions")
+    assert re.search(r"^production: v0001 since .*, pinned by ", out, flags=re.M), out
+    assert re.search(r"^risk list: \d+ customers scored by v0001 at ", out, flags=re.M), out
+    assert re.search(r"^  \S+ \S+ UTC  v0001 rolled back from v0002, pinned by ", out, flags=re.M), out
 
 
 def test_blocked_run_names_the_failing_rule_and_is_listed_as_a_refused_candidate(churn_env, capsys):
     home, config = churn_env
     config.write_text(config.read_text() + '\n[[gate.rules]]\nmetric = "roc_auc"\nfloor = 0.99\n')
     code, out, err = run_cli(capsys, "materialize", "--as-of", FIRST_WEEK, *FAST)
-    assert code == 1
+    assert code == 4  # refused: its own exit code (README, "Running a refresh")
     assert "Traceback" not in out + err
     reason = err.strip().splitlines()[-1]
-    assert re.fullmatch(r"churn-assets materialize: deployment refused by the gate: "
-                        r"roc_auc: 0\.\d{4} is below the floor 0\.99", reason), reason
-    assert "gate: REFUSED: roc_auc" in out and "production:" not in out
+    assert re.fullmatch(r"churn-assets materialize: deployment refused: "
+                        r"ROC AUC is 0\.\d{3}, below the floor of 0\.99; nothing is in production yet", reason), reason
+    assert "gate: refused: ROC AUC" in out and "production:" not in out
+    run_id = re.search(r"^run (\S+): refused by the gate", out, flags=re.M).group(1)
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        assert instance.get_run_by_id(run_id).tags["churn_assets/outcome"] == "refused"
 
     code, out, _ = run_cli(capsys, "versions", "--json")
     listing = json.loads(out)
     assert listing["versions"] == [] and listing["production"] is None
     [candidate] = listing["candidates"]
     assert candidate["recorded_by"] == "deployment_gate" and candidate["model_family"] == "logistic_regression"
-    assert candidate["failed_rules"] == [reason.split("by the gate: ", 1)[1]]
+    assert re.fullmatch(r"roc_auc: 0\.\d{4} is below the floor 0\.99", candidate["failed_rules"][0])
+    assert candidate["refused_in_words"] == [reason.split("refused: ", 1)[1].split("; nothing")[0]]
     code, out, _ = run_cli(capsys, "versions")
-    assert "refused challengers (1):" in out and "refused: roc_auc:" in out
+    assert "challengers not deployed (1):" in out and "x refused" in out and "below the floor of 0.99" in out
 
 
 def test_validation_failure_ends_with_the_failing_columns_on_one_line(churn_env, tmp_path, capsys):
@@ -118,6 +146,7 @@ def test_validation_failure_ends_with_the_failing_columns_on_one_line(churn_env,
     config.write_text(f'[source]\nkind = "file"\npath = "{export}"\n')
     code, out, err = run_cli(capsys, "materialize", *FAST)
     assert code == 1 and "Traceback" not in out + err
+    assert re.search(r"^run \S+: FAILED$", out, flags=re.M)
     reason = err.strip().splitlines()[-1]
     assert reason.startswith("churn-assets materialize: failed at clean_features: records do not match the"
                              " 'simulator' feature spec: column 'plan' is missing"), reason

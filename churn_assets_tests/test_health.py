@@ -298,7 +298,8 @@ def test_model_card_renders_every_section_from_a_full_dict():
     assert "![roc pr](v0007_roc_pr.png)" in card
     assert "2026-01-05 → 2026-03-30" in card and "2026-04-06 → 2026-04-13" in card
     assert "Label horizon: 28 days" in card and "Holdout rows: 4,210" in card
-    assert "| code version | deadbeef |" in card and "without human review" in card
+    assert "| code version | deadbeef |" in card
+    assert "## Intended use\n\nNot recorded for this version: set `[model_card] intended_use`" in card
 
 
 def test_model_card_minimal_and_partial_dicts_do_not_crash():
@@ -306,7 +307,7 @@ def test_model_card_minimal_and_partial_dicts_do_not_crash():
     assert card.startswith("# Model card: churn model v0001")
     for heading in ("## Intended use", "## Data", "## Metrics", "## Gate verdict", "## Plots", "## Provenance"):
         assert heading in card
-    assert "without human review" in card and "_not recorded_" in card
+    assert "Not recorded for this version" in card and "_not recorded_" in card
     bootstrap = render_model_card({"version": "v0002", "metrics": {"roc_auc": 0.8}, "champion_metrics": None,
                                    "gate": {"passed": False, "bootstrap": True, "outcomes": []}, "comparisons": None})
     assert "No champion to compare with" in bootstrap and "**REFUSED**" in bootstrap

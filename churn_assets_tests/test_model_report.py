@@ -87,6 +87,8 @@ def test_card_and_plots_are_saved_beside_the_version(two_runs):
            f" | {roc['difference']:+.4f} | [{roc['ci_low']:+.4f}, {roc['ci_high']:+.4f}] (DeLong, grouped) |")
     assert row in card
     assert "Label horizon: 28 days" in card and "**PASSED**" in card
+    # The intended use comes from the settings (here the simulator spec's default).
+    assert "## Intended use\n\nWeekly churn-risk scoring of active customers of an e-commerce SaaS" in card
     assert "![roc auc trend](roc_auc_trend.png)" in card
     assert (registry.get("v0001").path / "card.md").read_text().count("bootstrap") >= 1
     deployed = metadata_of(second, "deployed_model")

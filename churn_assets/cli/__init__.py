@@ -28,6 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
                     " in $CHURN_ASSETS_HOME (default ~/.churn_assets); settings come from the"
                     " TOML file named by $CHURN_ASSETS_CONFIG.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_parser = sub.add_parser
+
+    def described(name, **kwargs):
+        # A subcommand's own --help says what it does even where only a one-line help was given.
+        kwargs.setdefault("description", kwargs.get("help"))
+        return add_parser(name, **kwargs)
+
+    sub.add_parser = described
     for group in COMMAND_GROUPS:
         group.add_commands(sub)
     return parser

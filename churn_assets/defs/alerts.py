@@ -1,4 +1,5 @@
-"""Failure alerts: a Slack incoming-webhook message for every failed refresh.
+"""Alerts: a Slack incoming-webhook message for every failed refresh, and for every
+challenger the deployment gate refused (worded as a refusal, not a failure).
 
 The webhook URL comes from ``CHURN_ASSETS_ALERT_WEBHOOK`` (unset: log only). Posting is
 best effort: the run's failure is already recorded by Dagster, and a dead webhook only
@@ -37,16 +38,21 @@ def failure_reason(error) -> str:
     return " <- ".join(parts) or "unknown reason"
 
 
-def slack_message(run_id: str, job: str, step: str | None, reason: str, ui_url: str = "") -> dict:
+def slack_message(run_id: str, job: str, step: str | None, reason: str, ui_url: str = "",
+                  outcome: str = "failed") -> dict:
     """Slack incoming-webhook JSON (``text`` for notifications, ``blocks`` for layout),
-    with credentials masked in every field."""
+    with credentials masked in every field. ``outcome`` "refused": the deployment gate
+    kept production, which is a decision to read, not a crash to fix."""
     reason, step, job = redact(reason), redact(step) if step else step, redact(job)
+    refused = outcome == "refused"
     where = f"step `{step}`" if step else "the run"
-    text = f"churn refresh failed: run {run_id} ({job}), {where}: {reason}"
+    text = (f"churn refresh refused the new model: run {run_id} ({job}): {reason.removeprefix('refused: ')}"
+            if refused else f"churn refresh failed: run {run_id} ({job}), {where}: {reason}")
     fields = [{"type": "mrkdwn", "text": f"*Run*\n`{run_id}`"},
-              {"type": "mrkdwn", "text": f"*Failing step*\n`{step or '-'}`"}]
+              {"type": "mrkdwn", "text": f"*{'Deciding' if refused else 'Failing'} step*\n`{step or '-'}`"}]
+    title = "Churn model refused by the deployment gate" if refused else "Churn refresh failed"
     blocks = [
-        {"type": "header", "text": {"type": "plain_text", "text": "Churn refresh failed"}},
+        {"type": "header", "text": {"type": "plain_text", "text": title}},
         {"type": "section", "fields": fields},
         {"type": "section", "text": {"type": "mrkdwn", "text": f"*Reason*\n```{reason[:2500]}```"}},
     ]

@@ -10,7 +10,7 @@ from churn_assets.defs.reporting import gate_verdict
 from churn_assets.core.markdown import md_table
 from churn_assets.defs.decisions import record_run_outcome, rules_key
 from churn_assets.defs.resources import ChurnStorage, DeploymentGateRules
-from churn_assets.storage.candidates import CandidateLog
+from churn_assets.storage.candidates import CandidateLog, candidate_entry
 
 
 def verdict_for(report: EvaluationReport, gate_rules: DeploymentGateRules) -> GateVerdict:
@@ -36,14 +36,7 @@ def record_refusal(storage: ChurnStorage, report: EvaluationReport, verdict: Gat
     # champion stay the same (defs.decisions).
     record_run_outcome(storage.root, run_id, "refused", verdict=verdict.summary,
                        gate_rules=rules_key(rules), champion_version=report.champion_version)
-    return CandidateLog(storage.registry().root).record({
-        "run_id": run_id, "recorded_by": recorded_by, "challenger_fingerprint": report.challenger_fingerprint,
-        "model_family": report.model_family, "threshold": report.threshold, "metrics": report.challenger,
-        "champion_metrics": report.champion, "champion_version": report.champion_version,
-        "comparisons": report.comparisons, "calibration": report.calibration,
-        "data_window": report.data_window, "holdout_rows": report.holdout_rows,
-        "gate": verdict.to_dict(), "verdict": verdict.summary,
-    })
+    return CandidateLog(storage.registry().root).record(candidate_entry(report, verdict, run_id, recorded_by))
 
 
 @dg.asset_check(asset=evaluation_report, blocking=True,

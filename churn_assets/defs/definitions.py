@@ -7,7 +7,7 @@ import dagster as dg
 from churn_assets.defs.backtest import backtest_report_asset, churn_backtest
 from churn_assets.defs.checks import deployment_gate
 from churn_assets.defs.data import clean_features, raw_customers
-from churn_assets.defs.deployment import deployed_model
+from churn_assets.defs.deployment import ModelCard, deployed_model
 from churn_assets.defs.evaluation import evaluation_report
 from churn_assets.defs.io_managers import JoblibIOManager, step_output_io_manager
 from churn_assets.defs.model import churn_model, fitted_scaler
@@ -42,6 +42,7 @@ def build_resources(settings: Settings, source: CustomerSource | None = None) ->
         "io_manager": step_output_io_manager(home / "dagster_storage"),
         "model_io_manager": JoblibIOManager(base_dir=str(home / "artifacts")),
         "risk_list": RiskList(**settings.scores.model_dump()),
+        "model_card": ModelCard(intended_use=settings.intended_use()),
     }
 
 

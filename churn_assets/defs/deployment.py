@@ -8,18 +8,28 @@ from churn_assets.defs import reporting
 from churn_assets.defs.checks import record_refusal, verdict_for, verdict_metadata
 from churn_assets.defs.decisions import record_run_outcome
 from churn_assets.defs.resources import ChurnStorage, DeploymentGateRules
+from churn_assets.defs.outcome import tag_outcome
 from churn_assets.health.plots import metric_trend
+from churn_assets.storage.candidates import CandidateLog, candidate_entry
+from churn_assets.storage.pointer import PinnedError, held_reason, pin_of, pin_text
+
+
+class ModelCard(dg.ConfigurableResource):
+    """What a new version's model card says beyond its manifest (``[model_card]`` settings)."""
+
+    intended_use: str = ""
 
 
 @dg.asset(group_name="churn", kinds={"sklearn"})
 def deployed_model(context: dg.AssetExecutionContext, evaluation_report: EvaluationReport,
                    churn_model: ChurnPredictor, storage: ChurnStorage,
-                   gate_rules: DeploymentGateRules) -> dg.MaterializeResult:
+                   gate_rules: DeploymentGateRules, model_card: ModelCard) -> dg.MaterializeResult:
     """The production model version in the registry, with its model card.
 
     Re-applies the gate itself: a blocking check protects only runs that include it,
     and ``--select deployed_model`` would not. A refused challenger is recorded in
-    ``registry/candidates.jsonl``. A challenger trained on exactly the data, config and
+    ``registry/candidates.jsonl``; so is one that passed while the operator pinned
+    production (``churn-assets rollback`` / ``promote``), as held, until ``unpin``. A challenger trained on exactly the data, config and
     code of the production model is not registered again. A new version gets ``card.md``
     and the evaluation's plots beside its ``manifest.json``.
     """
@@ -27,12 +37,16 @@ def deployed_model(context: dg.AssetExecutionContext, evaluation_report: Evaluat
     if not verdict.passed:
         record_refusal(storage, evaluation_report, verdict, context.run.run_id, "deployed_model",
                        gate_rules.gate_rules())
+        tag_outcome(context.instance, context.run.run_id, "refused")
         raise dg.Failure(description=f"deployment refused by the gate: {verdict.summary}",
                          metadata=verdict_metadata(verdict), allow_retries=False)
     if evaluation_report.challenger_fingerprint != churn_model.fingerprint:
         raise dg.Failure(description="evaluation_report was computed for a different churn_model;"
                                      " materialize both together", allow_retries=False)
     registry = storage.registry()
+    pointer = registry.production_pointer()
+    if pin_of(pointer):
+        return _held(context, storage, evaluation_report, verdict, pointer)
     production = registry.production()
     current = production.version if production else None
     if current != evaluation_report.champion_version:
@@ -43,6 +57,7 @@ def deployed_model(context: dg.AssetExecutionContext, evaluation_report: Evaluat
         context.log.info(f"challenger is identical to production {current} (same data, config, code);"
                          " no new version")
         record_run_outcome(storage.root, context.run, "deployed", version=current)  # issue 8
+        tag_outcome(context.instance, context.run.run_id, "no_change")
         return dg.MaterializeResult(metadata={"production_version": current, "new_version": False,
                                               "verdict": verdict.summary})
     manifest = {
@@ -80,18 +95,41 @@ def deployed_model(context: dg.AssetExecutionContext, evaluation_report: Evaluat
     version = registry.register(churn_model, manifest)
     # The trend is redrawn now that this run's point has its version name.
     plots = dict(evaluation_report.plots, roc_auc_trend=metric_trend(reporting.trend_points(registry)))
-    card_path, card = reporting.write_card(version, plots)
+    card_path, card = reporting.write_card(version, plots, model_card.intended_use or None)
     reason = "bootstrap deploy (floors only)" if verdict.bootstrap else f"passed gate against {current}"
-    pointer = registry.promote(version.version, reason=reason, run_id=context.run.run_id)
+    try:
+        pointer = registry.promote(version.version, reason=reason, run_id=context.run.run_id, unless_pinned=True)
+    except PinnedError as exc:  # the operator pinned production while this run evaluated
+        return _held(context, storage, evaluation_report, verdict, exc.pointer, registered=version.version)
     record_run_outcome(storage.root, context.run, "deployed", version=version.version)  # issue 8
+    tag_outcome(context.instance, context.run.run_id, "deployed")
     context.log.info(f"promoted {version.version} to production ({reason}); model card {card_path}")
     roc = evaluation_report.comparisons.get("roc_auc") or {}
     return dg.MaterializeResult(metadata={
         "production_version": version.version, "previous_version": str(pointer["previous"]),
         "new_version": True, "sha256": version.sha256, "reason": reason,
         "path": dg.MetadataValue.path(str(version.path)), "verdict": verdict.summary,
-        "roc_auc": float(evaluation_report.challenger["roc_auc"]),
+        "pinned": "no", "roc_auc": float(evaluation_report.challenger["roc_auc"]),
         "delta_roc_auc": float(roc.get("difference", float("nan"))),
         "card_path": dg.MetadataValue.path(str(card_path)),
         "model_card": dg.MetadataValue.md(reporting.inline_images(card, plots)),
+    })
+
+
+def _held(context: dg.AssetExecutionContext, storage: ChurnStorage, report: EvaluationReport, verdict,
+          pointer: dict, registered: str | None = None) -> dg.MaterializeResult:
+    """A challenger that passed the gate while the operator pinned production: recorded in
+    candidates.jsonl as held, production unchanged. Not a decision on this data (no
+    ``record_run_outcome``): after ``unpin`` the next run retrains and may promote."""
+    held = held_reason(pointer)
+    entry = candidate_entry(report, verdict, context.run.run_id, "deployed_model")
+    CandidateLog(storage.registry().root).record(dict(entry, held=True, verdict=held, pinned=pin_of(pointer),
+                                                      registered_as=registered))
+    tag_outcome(context.instance, context.run.run_id, "no_change")
+    context.log.info(f"{held}; the challenger passed the gate ({verdict.summary}) and is recorded in"
+                     f" candidates.jsonl; production stays {pointer['version']} until `churn-assets unpin`")
+    return dg.MaterializeResult(metadata={
+        "production_version": pointer["version"], "new_version": False, "held": held,
+        "pinned": pin_text(pointer), "verdict": verdict.summary,
+        "roc_auc": float(report.challenger["roc_auc"]),
     })

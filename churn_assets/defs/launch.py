@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.definitions.repository_definition import SINGLETON_REPOSITORY_NAME
+from dagster._core.execution.api import execute_run
+from dagster._core.remote_origin import (ManagedGrpcPythonEnvCodeLocationOrigin, RemoteJobOrigin,
+                                         RemoteRepositoryOrigin)
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from churn_assets.defs.liveness import PID_TAG, host_tags
 from churn_assets.defs.schedules import REFRESH_TAG, churn_refresh, dead_refreshes, refresh_in_progress
+
+
+# `churn-assets dev` and `dagster dev -m churn_assets` name the code location after the module.
+CODE_LOCATION = "churn_assets"
 
 
 class RefreshBusy(RuntimeError):
@@ -88,11 +98,12 @@ def fail_dead_refreshes(instance: dg.DagsterInstance) -> list[str]:
 
 
 def run_refresh(home: Path, instance: dg.DagsterInstance, run_config: dict,
-                select: str = "*") -> dg.ExecutionResult:
+                select: str = "*", extra_tags: dict | None = None) -> dg.ExecutionResult:
     """Execute ``churn_refresh`` in this process as a run of ``instance``.
 
     The run carries this process's pid and host as tags, so ``defs.liveness`` can tell a
-    killed ``materialize`` from a running one.
+    killed ``materialize`` from a running one, and the code location's origin, so the UI
+    treats it like a run it launched (``remote_job_origin``).
     """
     with refresh_lock(home):
         fail_dead_refreshes(instance)
@@ -102,11 +113,30 @@ def run_refresh(home: Path, instance: dg.DagsterInstance, run_config: dict,
                               " wait for it to finish, then try again")
         selection = None if select in ("*", "") else [dg.AssetKey.from_user_string(k)
                                                        for k in select.split(",")]
-        tags = {REFRESH_TAG: "true", PID_TAG: str(os.getpid()), **host_tags()}
+        tags = {REFRESH_TAG: "true", PID_TAG: str(os.getpid()), **host_tags(), **(extra_tags or {})}
         job = dg.reconstructable(refresh_job)
         # Dagster keeps the last job definition of a pointer per process; a second refresh
         # in one process (a test, a notebook) must see the settings as they are now.
         type(job).get_definition.cache_clear()
         type(job).get_repository_definition.cache_clear()
-        return dg.execute_job(job, instance=instance, run_config=run_config, tags=tags,
-                              asset_selection=selection, raise_on_error=False)
+        job = job.with_repository_load_data(job.repository.get_definition().repository_load_data)
+        job_def = job.get_definition()
+        # As dg.execute_job would create it, plus the code location's origin: the UI then
+        # lists the run on its front page and links (and re-executes) it like its own.
+        run = instance.create_run_for_job(
+            job_def=job_def, run_config=run_config, tags={**job_def.run_tags, **tags},
+            asset_selection=frozenset(selection) if selection else None,
+            job_code_origin=job.get_python_origin(), remote_job_origin=remote_job_origin(job_def.name),
+            repository_load_data=job.repository.get_definition().repository_load_data)
+        return execute_run(job, run, instance, raise_on_error=False)
+
+
+def remote_job_origin(job_name: str) -> RemoteJobOrigin:
+    """The origin a run of ``job_name`` launched from the UI of ``churn-assets dev`` (or
+    ``dagster dev -m churn_assets``) has: the code location is named after the module and
+    holds one repository, the ``Definitions``'. The UI finds a run's job by these two
+    names, so a run executed here is shown, linked and re-executed as one of its own."""
+    target = LoadableTargetOrigin(executable_path=sys.executable, module_name=CODE_LOCATION,
+                                  working_directory=os.getcwd())
+    location = ManagedGrpcPythonEnvCodeLocationOrigin(loadable_target_origin=target, location_name=CODE_LOCATION)
+    return RemoteJobOrigin(RemoteRepositoryOrigin(location, SINGLETON_REPOSITORY_NAME), job_name)

@@ -93,13 +93,24 @@ def process_alive(pid: int, not_started_after: float | None = None) -> bool:
     return not_started_after is None or started <= not_started_after + 2.0
 
 
+def _own_tag(instance: dg.DagsterInstance, run: dg.DagsterRun, key: str) -> str | None:
+    """``run``'s tag ``key``, unless a re-execution copied it from the parent run: the UI
+    re-executes a ``materialize`` run with its tags, and the parent's pid is not this run's."""
+    value = run.tags.get(key)
+    if value is not None and run.parent_run_id:
+        parent = instance.get_run_by_id(run.parent_run_id)
+        if parent is not None and parent.tags.get(key) == value:
+            return None
+    return value
+
+
 def run_liveness(instance: dg.DagsterInstance, run: dg.DagsterRun,
                  stale_after: float = STALE_AFTER_SECONDS) -> Liveness:
     """Whether ``run`` (queued, starting, started or canceling) still has a live process."""
     if run.status in NO_PROCESS_YET:
         return Liveness(True, "queued; no process yet")
     start = _run_start(instance, run.run_id)
-    pid = run.tags.get(PID_TAG) or (start.dagster_event.pid if start and start.dagster_event else None)
+    pid = _own_tag(instance, run, PID_TAG) or (start.dagster_event.pid if start and start.dagster_event else None)
     host = run.tags.get(HOST_TAG)
     if pid and (host is None or host == socket.gethostname()):
         began = start.timestamp if start else None

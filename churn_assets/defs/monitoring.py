@@ -259,6 +259,8 @@ def model_health_sensor(settings: Settings) -> dg.SensorDefinition:
                                else dg.DefaultSensorStatus.STOPPED),
                description="Refresh once per drift or decay alarm of the production model.")
     def model_health_sensor_fn(context: dg.SensorEvaluationContext, storage: ChurnStorage):
+        from churn_assets.storage.pointer import manual_change_at, raised_before
+
         cursor = json.loads(context.cursor) if context.cursor else {}
         handled = list(cursor.get("handled", []))
         pending = [a for a in health_log(storage).alarms()
@@ -266,12 +268,17 @@ def model_health_sensor(settings: Settings) -> dg.SensorDefinition:
         if not pending:
             return dg.SkipReason("no new drift or decay alarm")
         pointer = storage.registry().production_pointer() or {}
-        live = [a for a in pending if a.get("version") == pointer.get("version")]
+        # The operator's rollback, promotion or unpin answers every alarm raised before it:
+        # an alarm about the version rolled back to must not undo the rollback by itself.
+        changed_at = manual_change_at(pointer)
+        overridden = [a["key"] for a in pending if raised_before(a.get("recorded_at"), changed_at)]
+        live = [a for a in pending if a.get("version") == pointer.get("version") and a["key"] not in overridden]
         # An alarm about a version that is no longer in production was already answered.
         replaced = [a["key"] for a in pending if a not in live]
         if not live:
-            return dg.SensorResult(skip_reason=f"alarms {replaced} concern versions no longer in production",
-                                   cursor=json.dumps({"handled": (handled + replaced)[-200:]}))
+            why = (f"alarms {overridden} were raised before the operator changed production ({changed_at})"
+                   if overridden else f"alarms {replaced} concern versions no longer in production")
+            return dg.SensorResult(skip_reason=why, cursor=json.dumps({"handled": (handled + replaced)[-200:]}))
         running = refresh_in_progress(context.instance)
         if running:
             # Cursor unchanged: the alarm is looked at again once that refresh is done.

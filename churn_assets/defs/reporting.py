@@ -17,10 +17,12 @@ from churn_assets.core.gate import GateVerdict, evaluate_gate
 from churn_assets.core.metrics import HIGHER_IS_BETTER, METRIC_NAMES
 from churn_assets.health import plots as health_plots
 from churn_assets.health.card import render_model_card
+from churn_assets.health.gate_words import refused_rules
 from churn_assets.health.importance import permutation_importance_raw
 from churn_assets.serving.fast_path import batch_scorer
 from churn_assets.storage.atomic import atomic_write_bytes
 from churn_assets.storage.candidates import CandidateLog
+from churn_assets.storage.pointer import pin_of
 from churn_assets.storage.registry import ModelRegistry, ModelVersion, RegistryError
 
 # Permutation importance costs features x repeats predictions: a few thousand rows and
@@ -166,8 +168,9 @@ def _in_metric_order(metrics: dict) -> dict:
     return dict(sorted(metrics.items(), key=lambda kv: order.get(kv[0], len(order))))
 
 
-def card_dict(version: ModelVersion) -> dict:
-    """The model card's input, from a version's manifest and the plot files beside it."""
+def card_dict(version: ModelVersion, intended_use: str | None = None) -> dict:
+    """The model card's input, from a version's manifest and the plot files beside it;
+    ``intended_use`` from the settings (``Settings.intended_use()``)."""
     m = version.manifest
     calibration = m.get("calibration") or {}
     metrics = dict(m.get("metrics") or {})
@@ -184,10 +187,11 @@ def card_dict(version: ModelVersion) -> dict:
             "champion_version": m.get("champion_version"),
             "comparisons": list((m.get("comparisons") or {}).values()), "gate": m.get("gate"),
             "drift": m.get("drift"), "plots": plots, "registered_at": m.get("registered_at"),
-            "run_id": m.get("run_id"), "code_version": m.get("code_version")}
+            "run_id": m.get("run_id"), "code_version": m.get("code_version"),
+            "intended_use": intended_use or m.get("intended_use")}
 
 
-def write_card(version: ModelVersion, plots: dict[str, bytes]) -> tuple[Path, str]:
+def write_card(version: ModelVersion, plots: dict[str, bytes], intended_use: str | None = None) -> tuple[Path, str]:
     """Save ``plots`` and ``card.md`` into the version folder; returns (path, markdown).
 
     The PNGs go first, so the card only links files that exist. Both are written
@@ -195,22 +199,36 @@ def write_card(version: ModelVersion, plots: dict[str, bytes]) -> tuple[Path, st
     """
     for name, png in plots.items():
         atomic_write_bytes(version.path / PLOT_FILES.get(name, f"{name}.png"), png)
-    markdown = render_model_card(card_dict(version))
+    markdown = render_model_card(card_dict(version, intended_use))
     path = version.path / CARD_FILE
     atomic_write_bytes(path, markdown.encode())
     return path, markdown
 
 
-def card_text(version: ModelVersion) -> str:
-    """The stored card, or one rendered from the manifest for versions that predate cards."""
+def card_text(version: ModelVersion, intended_use: str | None = None, status: str | None = None) -> str:
+    """The stored card, or one rendered from the manifest (and ``intended_use``, the
+    settings') for versions that predate cards; ``status`` (is it in production, is it
+    pinned: ``pointer.production_status``) goes under the title, as it changes after
+    the card was written."""
     path = version.path / CARD_FILE
-    return path.read_text() if path.exists() else render_model_card(card_dict(version))
+    text = path.read_text() if path.exists() else render_model_card(card_dict(version, intended_use))
+    if not status:
+        return text
+    title, _, rest = text.partition("\n")
+    return f"{title}\n\n> {status}\n{rest}"
+
+
+def stored_plots(version: ModelVersion) -> dict[str, bytes]:
+    """The plot PNGs saved beside a version, by name (for ``inline_images``)."""
+    return {name: (version.path / file).read_bytes() for name, file in PLOT_FILES.items()
+            if (version.path / file).exists()}
 
 
 def _decision(m: dict) -> dict:
     """The comparison that decided a version or a candidate, as plain values."""
     metrics, champion = m.get("metrics") or {}, m.get("champion_metrics") or {}
-    roc = (m.get("comparisons") or {}).get("roc_auc") or {}
+    comparisons = m.get("comparisons") or {}
+    roc = comparisons.get("roc_auc") or {}
     gate = m.get("gate") or {}
     failed = [f"{o.get('metric')}: {o.get('reason')}" for o in gate.get("outcomes") or [] if not o.get("passed")]
     return {"model_family": m.get("model_family"), "champion_version": m.get("champion_version"),
@@ -220,12 +238,16 @@ def _decision(m: dict) -> dict:
                                      else None),
             "ci_low": roc.get("ci_low"), "ci_high": roc.get("ci_high"),
             "gate_passed": gate.get("passed"), "bootstrap": gate.get("bootstrap"),
-            "failed_rules": failed, "run_id": m.get("run_id"), "metrics": metrics,
-            "champion_metrics": m.get("champion_metrics")}
+            "failed_rules": failed, "refused_in_words": refused_rules(gate, comparisons),
+            "run_id": m.get("run_id"), "metrics": metrics,
+            "champion_metrics": m.get("champion_metrics"), "comparisons": comparisons,
+            "as_of": (m.get("data_window") or {}).get("as_of")}
 
 
-def registry_history(registry: ModelRegistry) -> dict:
-    """Versions (with the comparison that decided each), refused candidates, and problems."""
+def registry_history(registry: ModelRegistry, risk_list: dict | None = None) -> dict:
+    """Versions (with the comparison that decided each), the production pointer and its
+    pin, every promotion, rollback and unpin (events.jsonl), challengers refused or held,
+    and problems. ``risk_list``: what the caller knows of the risk list (state, stale)."""
     try:
         pointer = registry.production_pointer() or {}
     except RegistryError:
@@ -236,46 +258,9 @@ def registry_history(registry: ModelRegistry) -> dict:
                  **_decision(v.manifest)} for v in registry.versions()]
     read = CandidateLog(registry.root).read()
     candidates = [{"recorded_at": c.get("recorded_at"), "recorded_by": c.get("recorded_by"),
-                   "verdict": c.get("verdict"), "data_window": c.get("data_window"), **_decision(c)}
+                   "verdict": c.get("verdict"), "data_window": c.get("data_window"),
+                   "held": bool(c.get("held")), **_decision(c)}
                   for c in read.entries]
-    return {"registry": str(registry.root), "production": pointer.get("version"), "versions": versions,
-            "candidates": candidates, "problems": read.problems}
-
-
-def _fmt_metric(value) -> str:
-    return f"{value:.4f}" if _finite(value) else "-"
-
-
-def _decision_text(d: dict) -> str:
-    """"roc_auc 0.8214 vs v0001 0.7628 (delta +0.0586, 95% CI +0.0411 to +0.0761)"."""
-    text = f"roc_auc {_fmt_metric(d.get('roc_auc'))}"
-    if d.get("champion_version") is None:
-        return text + " (no champion: bootstrap, floors only)"
-    text += f" vs {d['champion_version']} {_fmt_metric(d.get('champion_roc_auc'))}"
-    if _finite(d.get("delta_roc_auc")):
-        text += f" (delta {d['delta_roc_auc']:+.4f}"
-        if _finite(d.get("ci_low")) and _finite(d.get("ci_high")):
-            text += f", 95% CI {d['ci_low']:+.4f} to {d['ci_high']:+.4f}"
-        text += ")"
-    return text
-
-
-def format_history(history: dict) -> str:
-    """``registry_history`` for the terminal: a line per version (* = production), then
-    each refused challenger with the rules that refused it."""
-    if not history["versions"] and not history["candidates"]:
-        return f"no model versions in {history['registry']}"
-    lines = []
-    for v in history["versions"]:
-        passed = v.get("gate_passed")
-        verdict = "gate not recorded" if passed is None else "gate passed" if passed else "gate REFUSED"
-        lines.append(f"{'*' if v['production'] else ' '} {v['version']}  {v.get('model_family') or '?':<24}"
-                     f" {_decision_text(v)}  {verdict}  holdout {(v.get('data_window') or {}).get('holdout')}"
-                     f"  registered {v.get('registered_at')}")
-    if history["candidates"]:
-        lines.append(f"refused challengers ({len(history['candidates'])}):")
-        for c in history["candidates"]:
-            lines.append(f"  x {c.get('recorded_at')}  run {str(c.get('run_id'))[:8]}"
-                         f"  {c.get('model_family') or '?':<24} {_decision_text(c)}")
-            lines += [f"      refused: {rule}" for rule in c.get("failed_rules") or []]
-    return "\n".join(lines)
+    return {"registry": str(registry.root), "production": pointer.get("version"), "pointer": pointer or None,
+            "pinned": pin_of(pointer), "versions": versions, "events": registry.events(),
+            "candidates": candidates, "risk_list": risk_list, "problems": read.problems}

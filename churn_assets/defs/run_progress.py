@@ -21,16 +21,17 @@ from typing import TextIO
 import dagster as dg
 
 from churn_assets.defs.alerts import failure_reason
+from churn_assets.defs.outcome import OUTCOME_TAG, refusal_words
+from churn_assets.defs.outcome import metadata_values as _metadata
 from churn_assets.defs.schedules import churn_refresh
 
 QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 KEY_METRICS = ("roc_auc", "pr_auc", "brier_score", "log_loss", "ece")
+OUTCOME_WORDS = {"deployed": "succeeded: a new version is in production",
+                 "no_change": "succeeded: production unchanged",
+                 "refused": "refused by the gate: production unchanged", "failed": "FAILED"}
 _FINISHED = {"STEP_SUCCESS": "done", "STEP_FAILURE": "FAILED", "STEP_SKIPPED": "skipped",
              "STEP_UP_FOR_RETRY": "retrying"}
-
-
-def _metadata(entries) -> dict:
-    return {k: getattr(v, "value", v) for k, v in (entries or {}).items()}
 
 
 def one_line(text: str) -> str:
@@ -144,7 +145,8 @@ def run_summary(instance: dg.DagsterInstance, run_id: str) -> tuple[bool, list[s
             failures.append((event.step_key, _step_failure(event)))
     run = instance.get_run_by_id(run_id)
     success = run is not None and run.status == dg.DagsterRunStatus.SUCCESS
-    lines = [f"run {run_id}: {'succeeded' if success else 'FAILED'}"]
+    outcome = run.tags.get(OUTCOME_TAG) if run is not None else None
+    lines = [f"run {run_id}: {OUTCOME_WORDS.get(outcome, 'succeeded' if success else 'FAILED')}"]
     raw = materialized.get("raw_customers")
     if raw is not None:
         lines.append(f"  records fetched: {raw.get('records')} ({raw.get('source')})")
@@ -175,15 +177,15 @@ def run_summary(instance: dg.DagsterInstance, run_id: str) -> tuple[bool, list[s
                     text += f" (95% CI {report[f'{name}_ci_low']:+.4f} to {report[f'{name}_ci_high']:+.4f})"
             lines.append(text)
     if check is not None:
-        verdict = str(check.description or "")
-        lines.append(f"  gate: {verdict}" if check.passed else f"  gate: REFUSED: {verdict.removeprefix('fail: ')}")
+        lines += _gate_lines(check, report or {})
     deployed = materialized.get("deployed_model")
     if deployed is not None:
-        if deployed.get("new_version"):
-            lines.append(f"  production: {deployed.get('production_version')} (new; was"
-                         f" {deployed.get('previous_version')}); model card {deployed.get('card_path')}")
-        else:
-            lines.append(f"  production: {deployed.get('production_version')} (unchanged: {deployed.get('verdict')})")
+        lines.append(_production_line(deployed))
+    scores = materialized.get("churn_scores")
+    if scores is not None:
+        repaired = f" (rescored: {scores['repaired']})" if scores.get("repaired") else ""
+        lines.append(f"  risk list: {scores.get('customers')} customers scored by"
+                     f" {scores.get('production_version')}{repaired}")
     for step, reason in failures:
         if check is not None and not check.passed and step.endswith("_deployment_gate"):
             continue  # the gate line above already says why, rule by rule
@@ -191,13 +193,31 @@ def run_summary(instance: dg.DagsterInstance, run_id: str) -> tuple[bool, list[s
     return success, lines
 
 
+def _gate_lines(check, report: dict) -> list[str]:
+    if check.passed:
+        return [f"  gate: {check.description}"]
+    return [f"  gate: {refusal_words(_metadata(check.metadata).get('outcomes'), check.description, report)}"]
+
+
+def _production_line(deployed: dict) -> str:
+    version = deployed.get("production_version")
+    if deployed.get("held"):
+        return (f"  production: {version} stays; the challenger passed the gate but is {deployed['held']}"
+                "\n  (`churn-assets unpin` lets refreshes promote again)")
+    if not deployed.get("new_version"):
+        return f"  production: {version} (unchanged: {deployed.get('verdict')})"
+    previous = deployed.get("previous_version")
+    was = "first version" if previous in (None, "None") else f"replaces {previous}"
+    return f"  production: {version} (new, {was}); model card {deployed.get('card_path')}"
+
+
 def failure_line(success: bool, lines: list[str]) -> str | None:
-    """The one-line reason of a failed run, for stderr."""
+    """The one-line reason of a failed or refused run, for stderr."""
     if success:
         return None
     for line in lines:
-        if line.strip().startswith("gate: REFUSED"):
-            return "deployment refused by the gate: " + line.split("REFUSED: ", 1)[1]
+        if line.strip().startswith("gate: refused: "):
+            return "deployment " + line.strip().removeprefix("gate: ")
     for line in lines:
         if line.strip().startswith("failed at "):
             return line.strip()

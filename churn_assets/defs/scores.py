@@ -8,8 +8,14 @@ version and scoring time. Written as Parquet under the data directory (replaced
 atomically; the file it replaces is the previous list) and, when ``[scores] sql_url_env``
 names a variable holding a database URL, upserted by customer into a SQL table a CRM can
 read.
-"""
 
+The list follows production, whatever changed it: ``scores/state.json``
+(storage/risk_list.py) records which version (and sha256) scored the list, written
+after the Parquet file and the SQL upsert succeeded. Every run starts by comparing it with the production pointer and rescoring a
+stale list (after a rollback, a run killed between its promotion and the end of the
+list, an upsert that failed), including runs that then find no new data and skip the
+rest of the graph.
+"""
 
 import datetime as dt
 import io
@@ -23,9 +29,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from churn_assets.core.markdown import md_table
 from churn_assets.core.scoring import REASON_COLUMNS, latest_snapshots
+from churn_assets.defs.outcome import settle_outcome
 from churn_assets.defs.resources import ChurnStorage
 from churn_assets.defs.risk_report import risk_metadata
 from churn_assets.serving.risk_list import build_risk_list, summary_line
+from churn_assets.storage import risk_list as risk_list_state
 from churn_assets.storage.atomic import atomic_write_bytes
 from churn_assets.storage.registry import RegistryError
 
@@ -132,18 +140,94 @@ def read_previous(path) -> pd.DataFrame | None:
         return None
 
 
-@dg.asset(group_name="churn", kinds={"pandas", "parquet"}, deps=["deployed_model"])
-def churn_scores(context: dg.AssetExecutionContext, storage: ChurnStorage,
-                 risk_list: RiskList) -> dg.MaterializeResult:
-    """Every active customer's newest snapshot scored by the production model."""
+def stale_reason(storage: ChurnStorage, risk_list: RiskList, production) -> str | None:
+    """Why the list is not the production model's (a ``ModelVersion``), or None if it is
+    (storage/risk_list.py reads the record of which version scored it)."""
+    return risk_list_state.stale_reason(storage.root, production.version, production.sha256,
+                                        risk_list.sql_table if risk_list.sql_url_env else None)
+
+
+def _production(storage: ChurnStorage):
+    """(production ModelVersion or None, predictor loader); registry problems end the step."""
     registry = storage.registry()
     try:
-        production = registry.production()
-        if production is None:
-            raise dg.Failure(description="churn_scores: no model in production yet", allow_retries=False)
+        return registry.production(), registry
+    except RegistryError as exc:
+        raise dg.Failure(description=f"churn_scores: {exc}", allow_retries=False) from None
+
+
+def _write_list(context, storage: ChurnStorage, risk_list: RiskList, production, registry) -> dict:
+    try:
         predictor = registry.load(production)
     except RegistryError as exc:
         raise dg.Failure(description=f"churn_scores: {exc}", allow_retries=False) from None
+    metadata = score_active_customers(context, storage, risk_list, production, predictor)
+    # Last: the record names a version only once the whole list holds it.
+    risk_list_state.write_state(storage.root, {
+        "version": production.version, "sha256": production.sha256, "run_id": context.run.run_id,
+        "written_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "customers": metadata["customers"], "newest_snapshot": metadata.get("newest_snapshot"),
+        "sql": {"table": risk_list.sql_table, "version": production.version} if risk_list.sql_url_env else None})
+    return metadata
+
+
+@dg.op(out=dg.Out(dg.Nothing), description="At the start of every run: a risk list not scored by the"
+       " production model (a rollback, a run killed after its promotion, a failed SQL upsert) is"
+       " rescored now, even if nothing else in the run gets to run.")
+def rescore_if_stale(context: dg.OpExecutionContext, storage: ChurnStorage, risk_list: RiskList) -> None:
+    production, registry = _production(storage)
+    if production is None:
+        return
+    reason = stale_reason(storage, risk_list, production)
+    if reason is None:
+        context.log.info(f"the risk list is scored by production {production.version}")
+        return
+    context.log.info(f"{reason}: rescoring the list with {production.version}")
+    metadata = _write_list(context, storage, risk_list, production, registry)
+    context.log_event(dg.AssetMaterialization(asset_key="churn_scores", description=f"repaired: {reason}",
+                                              metadata={**metadata, "repaired": reason}))
+
+
+@dg.op(ins={"after": dg.In(dg.Nothing)}, out=dg.Out(dg.Nothing, is_required=False),
+       description="After deployed_model, or when it did not run: the list scored by production,"
+                   " rewritten when deployed_model ran in this run or the list is stale.")
+def score_with_production(context: dg.OpExecutionContext, storage: ChurnStorage, risk_list: RiskList):
+    settle_outcome(context.instance, context.run.run_id, in_run=True)
+    production, registry = _production(storage)
+    if production is None:
+        # deployed_model did not run (it materializes only with a model in production):
+        # a first run that found nothing to train on has no list to write either.
+        context.log.info("no model in production yet; no risk list to write")
+        return
+    latest = context.instance.get_latest_materialization_event(dg.AssetKey("deployed_model"))
+    decided_now = latest is not None and latest.run_id == context.run.run_id
+    reason = stale_reason(storage, risk_list, production)
+    if not decided_now and reason is None:
+        context.log.info(f"the risk list is already scored by production {production.version}")
+        return
+    metadata = _write_list(context, storage, risk_list, production, registry)
+    yield dg.Output(None, metadata=metadata if decided_now else {**metadata, "repaired": reason})
+
+
+@dg.graph_asset(group_name="churn", kinds={"pandas", "parquet"},
+                ins={"deployed_model": dg.AssetIn(dagster_type=dg.Nothing)})
+def churn_scores(deployed_model):
+    """Every active customer's newest snapshot scored by the production model.
+
+    Two steps, so the list follows production in every run: ``rescore_if_stale`` first
+    (a list left behind by a rollback, a killed run or a failed upsert), and
+    ``score_with_production`` once ``deployed_model`` has run or been skipped (fan-in:
+    it runs unless every upstream failed), which also rescores the week's snapshots
+    whenever ``deployed_model`` ran.
+    """
+    return score_with_production(after=[deployed_model, rescore_if_stale()])
+
+
+def score_active_customers(context, storage: ChurnStorage, risk_list: RiskList, production,
+                           predictor) -> dict:
+    """Score every active customer with ``predictor`` (the version ``production``): reasons,
+    value at risk and what changed since the list it replaces; write the Parquet file and,
+    with ``[scores] sql_url_env``, upsert the SQL table; the materialization's metadata."""
     spec = predictor.spec
     stored = storage.history()
     weeks = stored.weeks()
@@ -155,7 +239,7 @@ def churn_scores(context: dg.AssetExecutionContext, storage: ChurnStorage,
     customers = active_customers(history, spec.id_column, spec.timestamp_column,
                                  risk_list.active_within_days)
     scored_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds")
-    path = storage.root / "scores" / "churn_scores.parquet"
+    path = risk_list_state.scores_dir(storage.root) / risk_list_state.LIST_FILE
     previous = read_previous(path)
     scores, summary, explained = build_risk_list(predictor, customers, production.version, scored_at,
                                                  risk_list.chunk_rows, previous)
@@ -164,6 +248,8 @@ def churn_scores(context: dg.AssetExecutionContext, storage: ChurnStorage,
     atomic_write_bytes(path, buf.getvalue())
     top = scores.nlargest(10, "churn_probability")
     metadata = {
+        "customers": len(scores),
+        "newest_snapshot": str(customers[spec.timestamp_column].max().date()) if len(customers) else "-",
         "production_version": production.version,
         "path": dg.MetadataValue.path(str(path)),
         "predicted_churners": int(scores["churn_label"].sum()),
@@ -187,5 +273,4 @@ def churn_scores(context: dg.AssetExecutionContext, storage: ChurnStorage,
         metadata["sql_table"] = risk_list.sql_table
         metadata["sql_rows_upserted"] = written
     context.log.info(f"scored {len(scores)} customers with {production.version}: {summary_line(summary)}")
-    return dg.MaterializeResult(metadata=metadata)
-
+    return metadata

@@ -6,8 +6,10 @@ least ``min_new_records`` arrived. Its cursor remembers the newest ``updated_at`
 already asked a refresh for, so one batch of new data starts one refresh, not one per
 tick; Dagster keeps the cursor in the instance across restarts.
 
-``churn_failure_alert`` posts every failed run (a source fault, bad data, a blocked
-deployment gate) to the Slack webhook in ``CHURN_ASSETS_ALERT_WEBHOOK``.
+``churn_failure_alert`` posts every failed run (a source fault, bad data) and every
+challenger the deployment gate refused (as "refused", with the rule in words and the
+version that stays) to the Slack webhook in ``CHURN_ASSETS_ALERT_WEBHOOK``, and tags the
+run's outcome (defs/outcome.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import dagster as dg
 
 from churn_assets.defs.alerts import WEBHOOK_ENV, failure_reason, post_alert, slack_message
 from churn_assets.defs.liveness import host_tags
+from churn_assets.defs.outcome import run_refusal, settle_outcome
 from churn_assets.defs.resources import ChurnStorage, TrainingPlan
 from churn_assets.defs.schedules import as_of_run_config, churn_refresh, refresh_in_progress
 from churn_assets.settings import Settings
@@ -63,17 +66,6 @@ def new_data_sensor(settings: Settings) -> dg.SensorDefinition:
     return new_customer_data
 
 
-def gate_verdict(instance: dg.DagsterInstance, run_id: str) -> str | None:
-    """The failed deployment-gate check's own description, if it is what failed the run."""
-    records = instance.get_records_for_run(
-        run_id=run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
-    for record in records:
-        evaluation = record.event_log_entry.dagster_event.event_specific_data
-        if not evaluation.passed:
-            return evaluation.description
-    return None
-
-
 def unfinished_step(instance: dg.DagsterInstance, run_id: str) -> str | None:
     """The step a run had started and not finished: where a killed run died."""
     finished = {dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE,
@@ -90,7 +82,8 @@ def unfinished_step(instance: dg.DagsterInstance, run_id: str) -> str | None:
 
 
 def describe_failure(context: dg.RunFailureSensorContext) -> tuple[str | None, str]:
-    """(failing step, reason) of a failed run, with a blocked gate said in plain words.
+    """(failing step, reason) of a failed run; a refusal by the gate in plain words, with
+    the version that stays in production.
 
     A run whose process died (kill -9, OOM, reboot) has no step failure: run monitoring
     or ``churn-assets materialize`` marked it failed. The alert then names the step it
@@ -105,9 +98,9 @@ def describe_failure(context: dg.RunFailureSensorContext) -> tuple[str | None, s
                              f" crashed; nothing after it ran): {message}")
         return None, message
     step = steps[0].step_key
-    if step.endswith(GATE_STEP_SUFFIX):
-        verdict = gate_verdict(context.instance, context.dagster_run.run_id)
-        return step, f"deployment gate blocked the new model: {verdict or 'check failed'}"
+    refusal = run_refusal(context.instance, context.dagster_run.run_id)
+    if step.endswith(GATE_STEP_SUFFIX) and refusal:
+        return step, refusal
     return step, failure_reason(steps[0].event_specific_data.error)
 
 
@@ -116,11 +109,14 @@ def describe_failure(context: dg.RunFailureSensorContext) -> tuple[str | None, s
 # location never sees it fail; the instance is this project's alone, so "all" is ours.
 @dg.run_failure_sensor(name="churn_failure_alert", default_status=dg.DefaultSensorStatus.RUNNING,
                        monitor_all_code_locations=True,
-                       description=f"Post failed runs to the Slack webhook in ${WEBHOOK_ENV}.")
+                       description=f"Post failed and refused runs to the Slack webhook in ${WEBHOOK_ENV}.")
 def churn_failure_alert(context: dg.RunFailureSensorContext):
-    step, reason = describe_failure(context)
     run = context.dagster_run
-    payload = slack_message(run.run_id, run.job_name, step, reason)
+    # Dagster calls a refused run failed (the gate is a blocking check); the outcome tag,
+    # set here for runs that could not set it themselves, tells the two apart.
+    outcome = settle_outcome(context.instance, run.run_id)
+    step, reason = describe_failure(context)
+    payload = slack_message(run.run_id, run.job_name, step, reason, outcome=outcome)
     context.log.error(payload["text"])
     if not post_alert(payload):
         # The run stays FAILED in Dagster with its own error; this only adds a warning.

@@ -11,14 +11,10 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
-DEFAULT_INTENDED_USE = (
-    "Weekly churn-risk scoring of active customers of an e-commerce SaaS, to prioritise "
-    "retention outreach (e.g. customer-success calls, offers) across the customer base. "
-    "Scores are probabilities of churning within the label horizon, ranked per week. "
-    "Not for decisions about individual customers (pricing, contract terms, account "
-    "closure) without human review, and not valid for customers or markets outside the "
-    "training population or after a large feature drift."
-)
+# A card rendered without the settings' text (``[model_card] intended_use``, with a default
+# per feature spec) says so rather than guessing who the customers are.
+DEFAULT_INTENDED_USE = ("Not recorded for this version: set `[model_card] intended_use` in the settings"
+                        " (docs/configuration.md) to describe the customers and decisions it is for.")
 # Losses: a negative difference (challenger - champion) is an improvement for these.
 LOWER_IS_BETTER = {"brier_score", "log_loss"}
 NOT_RECORDED = "_not recorded_"
@@ -106,14 +102,27 @@ def _data_section(card: dict) -> list[str]:
         lines += _table(["window", "span"], rows)
     else:
         lines.append(f"Data window: {NOT_RECORDED}")
-    horizon = spec.get("label_horizon_days")
-    lines += ["", f"Label horizon: {horizon} days (a snapshot's label is whether the customer churned "
-                  f"within {horizon} days after it)." if horizon is not None else f"Label horizon: {NOT_RECORDED}"]
+    lines += ["", _label_sentence(spec)]
     if card.get("holdout_rows") is not None:
         lines.append("")
         lines.append(f"Holdout rows: {card['holdout_rows']:,}" if isinstance(card["holdout_rows"], int)
                      else f"Holdout rows: {card['holdout_rows']}")
     return lines
+
+
+def _label_sentence(spec: dict) -> str:
+    """What a label means, for a horizon of H days (H > 0: known H days after the
+    snapshot) or 0 (the source's own flag, final when it arrives)."""
+    horizon = spec.get("label_horizon_days")
+    target = f"`{spec['target_column']}`" if spec.get("target_column") else "the target column"
+    if horizon is None:
+        return f"Label horizon: {NOT_RECORDED}"
+    if horizon == 0:
+        return (f"Label horizon: none. A snapshot's label is the source's own churn flag ({target}) as"
+                " it was sent, taken as final when it arrives.")
+    day = "day" if horizon == 1 else "days"
+    return (f"Label horizon: {horizon} {day} (a snapshot's label is whether the customer churned within"
+            f" {horizon} {day} after it, so it is final only {horizon} {day} later).")
 
 
 def _metrics_section(card: dict) -> list[str]:

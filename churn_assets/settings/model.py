@@ -207,6 +207,31 @@ class MonitoringSettings(StrictModel):
         return self
 
 
+# What the model card says the model is for, per built-in spec; a custom spec gets the
+# neutral text. The last two sentences hold for any churn model trained here.
+_LIMITS = ("Scores are probabilities of churning within the label horizon, ranked per week. Not for"
+           " decisions about individual customers (pricing, contract terms, account closure) without"
+           " human review, and not valid for customers or markets outside the training population or"
+           " after a large feature drift.")
+INTENDED_USE = {
+    "simulator": ("Weekly churn-risk scoring of active customers of an e-commerce SaaS, to prioritise"
+                  " retention outreach (e.g. customer-success calls, offers) across the customer base. "
+                  + _LIMITS),
+    "telco": ("Weekly churn-risk scoring of a telecom operator's subscribers (contract, services and"
+              " billing), to prioritise retention outreach (e.g. contract offers, service calls)"
+              " across the subscriber base. " + _LIMITS),
+}
+NEUTRAL_INTENDED_USE = ("Weekly churn-risk scoring of the active customers this feature spec ({spec})"
+                        " describes, to prioritise retention outreach across the customer base. " + _LIMITS)
+
+
+class ModelCardSettings(StrictModel):
+    """What the model card says about the model's use (`[model_card]`)."""
+
+    # Empty: the default for the feature spec (INTENDED_USE, else NEUTRAL_INTENDED_USE).
+    intended_use: str = Field("", max_length=4000)
+
+
 class Settings(StrictModel):
     """The whole configuration; ``load_settings`` builds it from the TOML file."""
 
@@ -220,6 +245,7 @@ class Settings(StrictModel):
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     sensor: SensorSettings = Field(default_factory=SensorSettings)
     scores: ScoresSettings = Field(default_factory=ScoresSettings)
+    model_card: ModelCardSettings = Field(default_factory=ModelCardSettings)
     dagster: DagsterSettings = Field(default_factory=DagsterSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
@@ -269,6 +295,12 @@ class Settings(StrictModel):
 
     def feature_spec(self) -> FeatureSpec:
         return load_spec(self.spec)
+
+    def intended_use(self) -> str:
+        """The model card's "Intended use": ``[model_card] intended_use``, else the spec's default."""
+        if self.model_card.intended_use.strip():
+            return self.model_card.intended_use.strip()
+        return INTENDED_USE.get(self.spec, NEUTRAL_INTENDED_USE.format(spec=self.feature_spec().name))
 
     def with_rules(self, rules) -> Settings:
         """A copy with other gate rules (``GateRule`` objects)."""

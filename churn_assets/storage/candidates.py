@@ -1,8 +1,11 @@
-"""Challengers the gate refused, kept beside the registry so its history reads complete.
+"""Challengers that did not reach production, kept beside the registry so its history
+reads complete.
 
-``registry/candidates.jsonl`` holds one JSON object per refused challenger: its metrics,
-the champion's on the same holdout, the paired comparison, the gate verdict, the run id
-and when it was recorded. The registry's ``versions/`` only holds models that passed;
+``registry/candidates.jsonl`` holds one JSON object per refused challenger (and per
+challenger that passed the gate but was *held* because the operator pinned production:
+``"held": true``, ``verdict`` "held: production pinned by the operator at …"): its
+metrics, the champion's on the same holdout, the paired comparison, the gate verdict,
+the run id and when it was recorded. The registry's ``versions/`` only holds models that passed;
 without this file a refusal would leave no trace outside Dagster's run history.
 
 Each line is written with one ``write`` on a descriptor opened with ``O_APPEND`` and then
@@ -52,6 +55,19 @@ class CandidateRead:
 
     entries: list[dict]
     problems: list[str] = field(default_factory=list)
+
+
+def candidate_entry(report, verdict, run_id: str, recorded_by: str) -> dict:
+    """A challenger's log entry: ``report`` (``core.evaluation.EvaluationReport``) and the
+    gate's ``verdict`` (``core.gate.GateVerdict``) as plain values."""
+    return {
+        "run_id": run_id, "recorded_by": recorded_by, "challenger_fingerprint": report.challenger_fingerprint,
+        "model_family": report.model_family, "threshold": report.threshold, "metrics": report.challenger,
+        "champion_metrics": report.champion, "champion_version": report.champion_version,
+        "comparisons": report.comparisons, "calibration": report.calibration,
+        "data_window": report.data_window, "holdout_rows": report.holdout_rows,
+        "gate": verdict.to_dict(), "verdict": verdict.summary,
+    }
 
 
 class CandidateLog:

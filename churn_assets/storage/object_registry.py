@@ -10,9 +10,11 @@ what differs is how each write is made safe without rename, fsync or flock:
   then the manifest that records its sha256; a reader that finds a manifest finds the
   whole artifact it names. A writer that dies in between leaves a claimed folder with
   no manifest: reported by ``problems()`` and skipped, its number never handed out again.
-- **Promotion and rollback are one PUT of ``production.json``** (about 300 bytes):
-  a reader sees the old pointer or the new one, never half. Two concurrent promotions
-  both succeed and the last PUT wins; the run queue admits one refresh at a time.
+- **Promotion, rollback and unpin are one PUT of ``production.json``** (about 300
+  bytes): a reader sees the old pointer or the new one, never half. The PUT is
+  conditional on the ETag the pointer was read with, so a refresh that read it before
+  the operator pinned a version cannot overwrite the pin; two promotions both succeed,
+  one after the other, and the later wins.
 - **events.jsonl** is appended with a conditional PUT (``If-Match`` on the ETag read),
   retried on conflict, so concurrent appends never lose a line.
 - **Loading** reads the artifact's bytes once, hashes them and unpickles the same bytes,
@@ -32,17 +34,11 @@ import os
 import joblib
 
 from churn_assets.storage import location
-from churn_assets.storage.registry import (
-    CorruptFileError,
-    IntegrityError,
-    ModelRegistry,
-    ModelVersion,
-    _now,
-    _parse_json_object,
-    promotion_records,
-)
+from churn_assets.storage.registry import ModelRegistry, ModelVersion
+from churn_assets.storage.registry_files import CorruptFileError, IntegrityError, _now, _parse_json_object
 
 CLAIM_FILE = ".claim"
+POINTER_ATTEMPTS = 20
 
 
 def open_registry(root: str | os.PathLike) -> ModelRegistry:
@@ -116,14 +112,41 @@ class ObjectModelRegistry(ModelRegistry):
                            json.dumps(body, indent=2, sort_keys=True, default=str).encode())
         return self.get(version)
 
-    def promote(self, version: str, reason: str, run_id: str | None = None) -> dict:
-        """Point production at ``version`` with one PUT, then log the event."""
-        target = self.get(version)
+    def _check_artifact(self, target: ModelVersion) -> None:
         payload = location.read_bytes(target.artifact_path)
         if payload is None or hashlib.sha256(payload).hexdigest() != target.sha256:
-            raise IntegrityError(f"{version}: model.joblib is missing or altered; not promoting it")
-        previous, note = self._previous_version()
-        pointer, event = promotion_records(target, previous, note, reason, run_id)
-        location.put_bytes(self.pointer_path, json.dumps(pointer, indent=2, sort_keys=True).encode())
-        location.append_bytes(self.events_path, (json.dumps(event) + "\n").encode())
-        return pointer
+            raise IntegrityError(f"{target.version}: model.joblib is missing or altered; not promoting it")
+
+    def _read_bytes(self, path) -> bytes | None:
+        return location.read_bytes(path)
+
+    def _update_pointer(self, change) -> dict:
+        """One conditional PUT of the pointer (``If-Match`` the ETag it was read with,
+        ``If-None-Match: *`` if there was none), redone on the new pointer if another
+        writer replaced it meanwhile: a pin ``change`` read cannot be overwritten by a
+        refresh that read the pointer before the pin. Then the event is appended."""
+        for _ in range(POINTER_ATTEMPTS):
+            tag = location.etag(self.pointer_path)  # before the read: a newer body fails the PUT
+            current, note = self._current_pointer()
+            pointer, event = change(current, note)
+            payload = json.dumps(pointer, indent=2, sort_keys=True).encode()
+            if _put_if_unchanged(self.pointer_path, payload, tag):
+                location.append_bytes(self.events_path, (json.dumps(event) + "\n").encode())
+                return pointer
+        raise location.StorageLocationError(f"{location.url(self.pointer_path)}: {POINTER_ATTEMPTS}"
+                                            " conditional writes in a row lost to concurrent writers")
+
+
+def _put_if_unchanged(path, payload: bytes, tag: str | None) -> bool:
+    """PUT ``payload`` only if the object still has ETag ``tag`` (absent for None); False
+    if someone else wrote it first."""
+    if tag is None:
+        return location.create_bytes(path, payload)
+    try:
+        path.fs.pipe_file(path.path, payload, IfMatch=tag)
+    except Exception as exc:  # s3fs reports a failed If-Match as EINVAL with S3's text
+        text = str(exc).lower()
+        if "pre-condition" in text or "precondition" in text:
+            return False
+        raise location.StorageLocationError(f"{location.url(path)}: {exc}") from exc
+    return True

@@ -4,8 +4,9 @@ Layout under the registry root::
 
     versions/v0001/model.joblib     the ChurnPredictor
     versions/v0001/manifest.json    sha256, metrics, spec, data window, code version, ...
-    production.json                 the production pointer {"version", "sha256", ...}
-    events.jsonl                    every promotion and rollback, appended
+    production.json                 the production pointer {"version", "sha256", ...}, and the
+                                    operator's pin when a version was chosen by hand (pointer.py)
+    events.jsonl                    every promotion, rollback and unpin, appended
 
 A version folder is written under a temporary name and renamed into place, and the
 pointer is replaced with write-then-rename, so a crash never leaves a half-written
@@ -24,7 +25,6 @@ and everything is private to the owner (0700/0600).
 
 from __future__ import annotations
 
-import datetime as dt
 import errno
 import fcntl
 import hashlib
@@ -40,7 +40,19 @@ from pathlib import Path
 
 import joblib
 
-from churn_assets.storage import location
+from churn_assets.storage.registry_files import (  # noqa: F401 - the registry's public errors
+    CorruptFileError,
+    IntegrityError,
+    RegistryError,
+    UnknownVersionError,
+    UnsafePathError,
+    _legacy_module_names,
+    _now,
+    _read_json_object,
+    _shown,
+    file_sha256,
+)
+from churn_assets.storage.pointer import PinnedError, pin_of, promotion_records, unpin_records
 from churn_assets.storage.atomic import (
     append_line,
     atomic_write_json,
@@ -59,56 +71,6 @@ MAX_POINTER_BYTES = 1 << 20
 REPAIR_HINT = ("run `churn-assets versions` to list the versions, then"
                " `churn-assets rollback --to vNNNN` to point production at one")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-# Models pickled before the package was split into layers name the old flat modules;
-# they load through these aliases, so an upgrade never strands the production model.
-LEGACY_MODULES = {"churn_assets.artifact": "churn_assets.core.artifact",
-                  "churn_assets.features": "churn_assets.core.features",
-                  "churn_assets.spec": "churn_assets.core.spec",
-                  "churn_assets.training": "churn_assets.core.training",
-                  "churn_assets.metrics": "churn_assets.core.metrics"}
-
-
-@contextmanager
-def _legacy_module_names():
-    import importlib
-    import sys
-
-    added = [old for old in LEGACY_MODULES if old not in sys.modules]
-    for old in added:
-        sys.modules[old] = importlib.import_module(LEGACY_MODULES[old])
-    try:
-        yield
-    finally:
-        for old in added:
-            sys.modules.pop(old, None)
-
-
-class RegistryError(RuntimeError):
-    """The registry cannot do what was asked; the message says why."""
-
-
-class IntegrityError(RegistryError):
-    """A model file does not match the sha256 recorded when it was registered."""
-
-
-class UnknownVersionError(RegistryError):
-    """No version of that name (which includes names that could never be versions)."""
-
-
-class _PathError(RegistryError):
-    def __init__(self, path: Path, reason: str, hint: str = "") -> None:
-        self.path, self.reason = (path if location.is_remote(path) else Path(path)), reason
-        super().__init__(f"{path}: {reason}" + (f"; {hint}" if hint else ""))
-
-
-class CorruptFileError(_PathError):
-    """A registry file (a manifest, the production pointer) cannot be read or parsed."""
-
-
-class UnsafePathError(_PathError):
-    """A symlink leaving the registry, or one the registry would have to write through."""
-
-
 @dataclass(frozen=True)
 class ModelVersion:
     version: str
@@ -122,59 +84,6 @@ class ModelVersion:
     @property
     def artifact_path(self) -> Path:
         return self.path / "model.joblib"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def promotion_records(target: ModelVersion, previous: str | None, note: dict, reason: str,
-                      run_id: str | None) -> tuple[dict, dict]:
-    """The production pointer naming ``target`` and its events.jsonl record; one shape for
-    the local and the object-storage registry."""
-    pointer = {"version": target.version, "sha256": target.sha256, "promoted_at": _now(),
-               "previous": previous, "reason": reason, "run_id": run_id}
-    return pointer, {"event": "promote", **pointer, **note}
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _shown(value, limit: int = 40) -> str:
-    """repr() cut short: a 10,000-character name must not become a 10,000-character error."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-def _read_json_object(path: Path, limit: int, hint: str = "") -> dict:
-    """A JSON object from ``path``, or a one-line CorruptFileError naming the file and why."""
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(limit + 1)
-    except FileNotFoundError:
-        raise CorruptFileError(path, "is missing", hint) from None
-    except OSError as exc:
-        raise CorruptFileError(path, f"cannot be read ({exc.strerror or exc})", hint) from None
-    return _parse_json_object(path, raw, limit, hint)
-
-
-def _parse_json_object(path, raw: bytes, limit: int, hint: str = "") -> dict:
-    if len(raw) > limit:
-        raise CorruptFileError(path, f"is larger than {limit} bytes, so the registry did not write it", hint)
-    if not raw.strip():
-        raise CorruptFileError(path, "is empty", hint)
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise CorruptFileError(path, f"is not valid JSON ({exc})", hint) from None
-    if not isinstance(data, dict):
-        raise CorruptFileError(path, f"holds a JSON {type(data).__name__}, not an object", hint)
-    return data
 
 
 class ModelRegistry:
@@ -370,38 +279,99 @@ class ModelRegistry:
             raise
         return self.get(version)
 
-    def _previous_version(self) -> tuple[str | None, dict]:
-        """The version production points at now, tolerating a damaged pointer: repairing it
-        is what promote/rollback are for, so they must not need to read it."""
+    def _current_pointer(self) -> tuple[dict | None, dict]:
+        """The pointer as it is now, tolerating a damaged one: repairing it is what
+        promote/rollback are for, so they must not need to read it. (pointer, note)."""
         try:
-            pointer = self.production_pointer()
+            return self.production_pointer(), {}
         except CorruptFileError as exc:
             return None, {"replaced_unreadable_pointer": exc.reason}
-        return (pointer["version"] if pointer else None), {}
 
-    def promote(self, version: str, reason: str, run_id: str | None = None) -> dict:
-        """Point production at ``version`` atomically and log the event."""
-        target = self.get(version)
-        if not target.artifact_path.exists() or file_sha256(target.artifact_path) != target.sha256:
-            raise IntegrityError(f"{version}: model.joblib is missing or altered; not promoting it")
+    def _update_pointer(self, change) -> dict:
+        """Replace the pointer with ``change(current, note)`` -> (pointer, event) and log the
+        event, under the registry lock: a pin read by ``change`` cannot move meanwhile."""
         with self._lock():
             clean_stale_temporaries(self.root)
             self._refuse_symlink(self.pointer_path, "production.json")
-            previous, note = self._previous_version()
+            current, note = self._current_pointer()
+            pointer, event = change(current, note)
             # Opened before the pointer moves, so a refused events.jsonl changes nothing.
             events = self._open_private(self.events_path, os.O_RDWR | os.O_APPEND)
             try:
-                pointer, event = promotion_records(target, previous, note, reason, run_id)
                 atomic_write_json(self.pointer_path, pointer)
                 append_line(events, json.dumps(event))
             finally:
                 os.close(events)
         return pointer
 
-    def rollback(self, to: str | None = None) -> dict:
+    def _check_artifact(self, target: ModelVersion) -> None:
+        if not target.artifact_path.exists() or file_sha256(target.artifact_path) != target.sha256:
+            raise IntegrityError(f"{target.version}: model.joblib is missing or altered; not promoting it")
+
+    def promote(self, version: str, reason: str, run_id: str | None = None, *,
+                pinned_by: str | None = None, unless_pinned: bool = False) -> dict:
+        """Point production at ``version`` atomically and log the event.
+
+        ``pinned_by`` (who chose the version by hand) pins it: later ``unless_pinned``
+        promotions, the refreshes', raise ``PinnedError`` until ``unpin``. The pin is
+        checked and the pointer written under one lock (one conditional PUT on object
+        storage), so an operator's rollback is never overwritten by a refresh that read
+        the pointer a moment earlier.
+        """
+        target = self.get(version)
+        self._check_artifact(target)
+
+        def change(current, note):
+            if unless_pinned and pin_of(current):
+                raise PinnedError(current)
+            previous = current["version"] if current else None
+            return promotion_records(target, previous, note, reason, run_id, pinned_by)
+
+        return self._update_pointer(change)
+
+    def unpin(self, by: str) -> dict:
+        """Let refreshes promote again: the pointer keeps its version and loses its pin."""
+        def change(current, note):
+            if current is None:
+                raise RegistryError("nothing is in production yet; there is nothing to unpin")
+            if not pin_of(current):
+                raise RegistryError(f"production {current['version']} is not pinned")
+            return unpin_records(current, by)
+
+        # An unreadable pointer is an error here (unlike promote): unpinning must not guess.
+        self.production_pointer()
+        return self._update_pointer(change)
+
+    def events(self) -> list[dict]:
+        """events.jsonl, oldest first: promotions, rollbacks, unpins. Unreadable lines
+        (a torn last line, a hand edit) are skipped: history is shown, never fatal."""
+        try:
+            raw = self._read_bytes(self.events_path)
+        except (OSError, RegistryError):
+            return []
+        out = []
+        for line in (raw or b"").splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                out.append(event)
+        return out
+
+    def _read_bytes(self, path) -> bytes | None:
+        self._refuse_symlink(path, path.name)
+        try:
+            with open(path, "rb") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return None
+
+    def rollback(self, to: str | None = None, pinned_by: str | None = None) -> dict:
         """Move production back to ``to``, or by default to the newest version older than it.
 
         With ``to`` this also repairs a missing, empty or unreadable production pointer.
+        ``pinned_by`` pins the version rolled back to (``promote``).
         """
         try:
             current = self.production_pointer()
@@ -409,11 +379,11 @@ class ModelRegistry:
             if to is None:
                 raise CorruptFileError(exc.path, exc.reason, "the version to roll back from is unknown;"
                                        f" {REPAIR_HINT}") from None
-            return self.promote(to, reason=f"repair: production.json {exc.reason}")
+            return self.promote(to, reason=f"repair: production.json {exc.reason}", pinned_by=pinned_by)
         if current is None:
             if to is None:
                 raise RegistryError("nothing is in production yet; there is nothing to roll back")
-            return self.promote(to, reason="repair: production.json was missing")
+            return self.promote(to, reason="repair: production.json was missing", pinned_by=pinned_by)
         if to is None:
             older = [v.version for v in self.versions() if int(v.version[1:]) < int(current["version"][1:])]
             if not older:
@@ -421,4 +391,4 @@ class ModelRegistry:
             to = older[-1]
         if to == current["version"]:
             raise RegistryError(f"{to} is already in production")
-        return self.promote(to, reason=f"rollback from {current['version']}")
+        return self.promote(to, reason=f"rollback from {current['version']}", pinned_by=pinned_by)

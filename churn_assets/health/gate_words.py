@@ -1,0 +1,144 @@
+"""The deployment gate's verdict in plain words, for the terminal, alerts and pages.
+
+``core.gate`` explains each rule in a statistician's terms ("one-sided upper 95% bound
++0.00588 of the ROC AUC difference is not below the allowed -0.0025"). An operator
+needs the same decision as a sentence: what was worse, by how much, how sure, and
+which version keeps serving. These functions read a rule's outcome (``RuleOutcome``
+or its ``asdict``) and the paired comparison of its metric, and never re-decide: the
+gate's ``passed`` is the verdict, the words only describe it. An outcome they cannot
+describe (a rule kind added later) is shown with the gate's own reason.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, is_dataclass
+
+from churn_assets.core.metrics import HIGHER_IS_BETTER
+
+METRIC_LABELS = {"roc_auc": "ROC AUC", "pr_auc": "PR AUC", "brier_score": "Brier score",
+                 "log_loss": "log loss", "ece": "calibration error (ECE)", "accuracy": "accuracy",
+                 "precision": "precision", "recall": "recall", "f1": "F1"}
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, str(metric).replace("_", " "))
+
+
+def _number(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _plain(outcome) -> dict:
+    return asdict(outcome) if is_dataclass(outcome) else dict(outcome or {})
+
+
+def _interval(comparison: dict | None) -> str:
+    """"95% interval of the difference -0.019 to -0.005", or "" without one."""
+    c = comparison or {}
+    low, high, level = _number(c.get("ci_low")), _number(c.get("ci_high")), _number(c.get("confidence"))
+    if low is None or high is None:
+        return ""
+    return f"{100 * (level or 0.95):.4g}% interval of the difference {low:+.3f} to {high:+.3f}"
+
+
+def rule_in_words(outcome, comparison: dict | None = None) -> str:
+    """One rule's outcome as a sentence, e.g. "ROC AUC is clearly lower than the
+    champion's by 0.012 (95% interval of the difference -0.019 to -0.005; allowed 0.0025)".
+
+    ``outcome``: a ``core.gate.RuleOutcome`` or its dict; ``comparison``: the paired
+    comparison of its metric (``asdict(PairedDifference)``), for the interval.
+    """
+    o = _plain(outcome)
+    metric = str(o.get("metric"))
+    label, higher = metric_label(metric), metric in HIGHER_IS_BETTER
+    value, base = _number(o.get("challenger")), _number(o.get("champion"))
+    floor, allowed = _number(o.get("floor")), _number(o.get("max_regression"))
+    if value is None:
+        return f"the challenger's {label} could not be computed"
+    failed = not o.get("passed")
+    parts = []
+    below_floor = floor is not None and (value < floor if higher else value > floor)
+    if below_floor:
+        parts.append(f"{label} is {value:.3f}, {'below the floor' if higher else 'above the ceiling'}"
+                     f" of {floor:g}")
+    regression = None if base is None else (base - value if higher else value - base)
+    worse_word = "lower" if higher else "higher"
+    if allowed is not None and o.get("champion") is not None and base is None:
+        parts.append(f"the champion's {label} could not be computed, so no comparison was possible")
+    elif allowed is not None and regression is not None:
+        size = f"by {abs(regression):.3f}"
+        detail = "; ".join(x for x in (_interval(comparison), f"allowed {allowed:g}") if x)
+        if o.get("mode") != "noninferiority":
+            if regression > allowed and allowed < 0:  # the rule demands an improvement
+                better_word = "higher" if higher else "lower"
+                measured = (f"only {-regression:.3f} {better_word} than" if regression < 0
+                            else f"{regression:.3f} {worse_word} than" if regression > 0 else "equal to")
+                interval = _interval(comparison)
+                parts.append(f"{label} is {measured} the champion's"
+                             + (f" ({interval})" if interval else "")
+                             + f"; the rule asks for at least {-allowed:g} {better_word}")
+            elif regression > allowed:
+                parts.append(f"{label} is {worse_word} than the champion's {size} ({detail})")
+        elif failed and not comparison:
+            parts.append(f"no paired comparison of {label} was computed, so the rule cannot pass")
+        elif failed and _number(comparison.get("difference")) is None:
+            parts.append(f"the paired comparison of {label} is undefined, so the rule cannot pass")
+        # The comparison decided; the floor alone may be what failed this outcome.
+        elif failed and (not below_floor or "clearly worse" in str(o.get("reason"))):
+            parts.append(f"{label} is clearly {worse_word} than the champion's {size} ({detail})")
+        elif regression > allowed:
+            parts.append(f"{label} is {worse_word} than the champion's {size}, within noise ({detail})")
+    if failed and not parts:
+        # A rule this module does not know how to word: the gate's own words.
+        return f"{label}: {o.get('reason') or 'refused'}"
+    if parts:
+        return "; ".join(parts)
+    return _passed_words(label, value, base, regression, higher)
+
+
+def _passed_words(label: str, value: float, base: float | None, regression: float | None,
+                  higher: bool) -> str:
+    if base is None or regression is None:
+        return f"{label} {value:.3f} clears its floor"
+    if regression <= 0:
+        better = "higher" if higher else "lower"
+        return f"{label} {value:.3f} is {better} than (or equal to) the champion's {base:.3f}"
+    return f"{label} {value:.3f} is within the allowance of the champion's {base:.3f}"
+
+
+def refused_rules(gate: dict | None, comparisons: dict | None = None) -> list[str]:
+    """Each failed rule of a verdict (``GateVerdict.to_dict()``) in words."""
+    outcomes = [o for o in (gate or {}).get("outcomes") or [] if isinstance(o, dict)]
+    return [rule_in_words(o, (comparisons or {}).get(o.get("metric"))) for o in outcomes if not o.get("passed")]
+
+
+def refusal_line(gate: dict | None, comparisons: dict | None, production: str | None) -> str:
+    """"refused: ROC AUC is clearly lower than the champion's by 0.012 (…); production
+    stays v0007" (or "nothing is in production yet" before the first deploy)."""
+    rules = refused_rules(gate, comparisons) or ["a gate rule failed"]
+    stays = f"production stays {production}" if production else "nothing is in production yet"
+    return f"refused: {'; '.join(rules)}; {stays}"
+
+
+def rule_text(rule) -> str:
+    """A gate rule (``core.gate.GateRule`` or its settings) as a sentence:
+    "ROC AUC >= 0.7, and not clearly lower than the champion's by more than 0.0025
+    (noninferiority at 95%)"."""
+    metric = str(rule.metric)
+    label, higher = metric_label(metric), metric in HIGHER_IS_BETTER
+    parts = []
+    if rule.floor is not None:
+        parts.append(f"{label} {'>=' if higher else '<='} {rule.floor:g}")
+    if rule.max_regression is not None:
+        worse = "lower" if higher else "higher"
+        if getattr(rule, "mode", "point") == "noninferiority":
+            confidence = getattr(rule, "confidence", 0.95)
+            parts.append(f"not clearly {worse} than the champion's by more than {rule.max_regression:g}"
+                         f" (noninferiority at {100 * confidence:.4g}%)")
+        else:
+            parts.append(f"not {worse} than the champion's by more than {rule.max_regression:g} (as measured)")
+    text = ", and ".join(parts)
+    return text if rule.floor is not None else f"{label}: {text}"

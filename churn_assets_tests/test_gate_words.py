@@ -41,7 +41,7 @@ def test_a_drop_within_noise_passes_and_says_so():
 
 
 def test_a_loss_that_rose_is_higher_and_a_floor_is_a_ceiling():
-    rules = [GateRule("brier_score", floor=0.25, max_regression=0.005)]
+    rules = [GateRule("brier_score", floor=0.25, max_regression=0.005, mode="point")]
     verdict = evaluate_gate({"brier_score": 0.092}, {"brier_score": 0.080}, rules)
     assert rule_in_words(verdict.outcomes[0]) == "Brier score is higher than the champion's by 0.012 (allowed 0.005)"
     verdict = evaluate_gate({"brier_score": 0.31}, None, rules)
@@ -61,10 +61,22 @@ def test_missing_values_and_unknown_rule_kinds_are_worded_without_guessing():
 
 
 def test_rules_read_as_sentences():
-    assert rule_text(GateRule("pr_auc", floor=0.2, max_regression=0.01)) == (
+    assert rule_text(GateRule("pr_auc", floor=0.2, max_regression=0.01, mode="point")) == (
         "PR AUC >= 0.2, and not lower than the champion's by more than 0.01 (as measured)")
     assert rule_text(GateRule("ece", max_regression=0.01)) == (
-        "calibration error (ECE): not higher than the champion's by more than 0.01 (as measured)")
+        "calibration error (ECE): not clearly higher than the champion's by more than 0.01 (noninferiority at 95%)")
+    assert rule_text(GateRule("roc_auc", max_regression=0.01, against="best_recent")) == (
+        "ROC AUC: not clearly lower than the best of the recent versions' by more than 0.01 (noninferiority at 95%)")
+
+
+def test_a_rule_against_the_best_recent_version_names_it():
+    outcome = {"metric": "roc_auc", "challenger": 0.74, "champion": 0.76, "floor": None, "max_regression": 0.01,
+               "passed": False, "mode": "noninferiority", "against": "best_recent", "versus": "v0003",
+               "reason": "regressed by 0.0200 vs best recent version v0003 0.7600: clearly worse"}
+    comparison = {"difference": -0.02, "ci_low": -0.03, "ci_high": -0.012, "confidence": 0.95}
+    assert rule_in_words(outcome, comparison) == (
+        "ROC AUC is clearly lower than the best recent version's (v0003) by 0.020"
+        " (95% interval of the difference -0.030 to -0.012; allowed 0.01)")
 
 
 @pytest.mark.parametrize("spec, expected", [

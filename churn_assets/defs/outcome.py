@@ -90,7 +90,8 @@ def refusal_words(gate: dict | None, description: str | None, report: dict) -> s
     champion = report.get("champion_version")
     production = None if champion in (None, "None") else str(champion)
     if isinstance(gate, dict):
-        return refusal_line(gate, _comparisons(report), production)
+        best = report.get("best_recent")
+        return refusal_line(gate, _comparisons(report), production, best if isinstance(best, dict) else None)
     verdict = str(description or "a gate rule failed").removeprefix("fail: ")
     stays = f"production stays {production}" if production else "nothing is in production yet"
     return f"refused: {verdict}; {stays}"

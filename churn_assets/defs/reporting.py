@@ -238,7 +238,7 @@ def _decision(m: dict) -> dict:
                                      else None),
             "ci_low": roc.get("ci_low"), "ci_high": roc.get("ci_high"),
             "gate_passed": gate.get("passed"), "bootstrap": gate.get("bootstrap"),
-            "failed_rules": failed, "refused_in_words": refused_rules(gate, comparisons),
+            "failed_rules": failed, "refused_in_words": refused_rules(gate, comparisons, m.get("best_recent")),
             "run_id": m.get("run_id"), "metrics": metrics,
             "champion_metrics": m.get("champion_metrics"), "comparisons": comparisons,
             "as_of": (m.get("data_window") or {}).get("as_of")}

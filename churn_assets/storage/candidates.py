@@ -65,6 +65,7 @@ def candidate_entry(report, verdict, run_id: str, recorded_by: str) -> dict:
         "model_family": report.model_family, "threshold": report.threshold, "metrics": report.challenger,
         "champion_metrics": report.champion, "champion_version": report.champion_version,
         "comparisons": report.comparisons, "calibration": report.calibration,
+        "best_recent": getattr(report, "best_recent", None), "compared_rows": getattr(report, "compared_rows", None),
         "data_window": report.data_window, "holdout_rows": report.holdout_rows,
         "gate": verdict.to_dict(), "verdict": verdict.summary,
     }

@@ -83,7 +83,10 @@ def prepare_dagster_home(home: Path, postgres_url_env: str = "") -> Path:
 
 
 def _dagster(args: list[str]) -> int:
+    from churn_assets.cli.config import require_variables
+
     settings = load_settings()
+    require_variables(settings)  # the daemon's scheduled runs would fail on each of them
     env = dict(os.environ)
     dagster_home = prepare_dagster_home(settings.local_home, settings.dagster.postgres_url_env)
     env.setdefault("DAGSTER_HOME", str(dagster_home))

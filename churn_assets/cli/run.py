@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from churn_assets.cli.config import require_variables
 from churn_assets.cli.dagster_home import _dagster, prepare_dagster_home
 from churn_assets.cli.parsing import iso_date
 from churn_assets.settings import load_settings
@@ -21,6 +22,7 @@ def cmd_materialize(ns: argparse.Namespace) -> int:
                                                  run_summary)
 
     settings = load_settings()
+    require_variables(settings)  # before any work: some would fail only after a deploy
     dagster_home = prepare_dagster_home(settings.local_home, settings.dagster.postgres_url_env)
     os.environ.setdefault("DAGSTER_HOME", str(dagster_home))
     run_config = refresh_run_config(ns.as_of, ns.families, ns.seed)

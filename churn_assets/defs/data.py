@@ -1,6 +1,7 @@
 """Data assets: collect new customer records, validate them, keep the history."""
 
 import datetime as dt
+import os
 from dataclasses import dataclass
 
 import dagster as dg
@@ -9,8 +10,9 @@ from pydantic import Field
 
 from churn_assets.defs.decisions import DecisionLog, already_decided, coverage_of
 from churn_assets.defs.resources import ChurnStorage, DeploymentGateRules, TrainingPlan
+from churn_assets.defs.scores import RiskList
 from churn_assets.sources.base import CustomerSource, SourceError, TransientSourceError
-from churn_assets.sources.redaction import redact
+from churn_assets.core.redaction import redact
 from churn_assets.core.frame_pickle import frame_from_parquet, parquet_bytes
 from churn_assets.core.markdown import md_table
 from churn_assets.core.spec import LABEL, FeatureSpec
@@ -86,7 +88,7 @@ def _preview(frame: pd.DataFrame, rows: int = 5) -> dg.MetadataValue:
 def raw_customers(context: dg.AssetExecutionContext, config: RefreshConfig,
                   customer_source: dg.ResourceParam[CustomerSource],
                   storage: ChurnStorage, training_plan: TrainingPlan,
-                  gate_rules: DeploymentGateRules):
+                  gate_rules: DeploymentGateRules, risk_list: RiskList):
     """New or changed customer snapshots since the stored watermark, as the source sent them.
 
     The batch is kept in the landing folder as received. It enters the customer history
@@ -95,6 +97,12 @@ def raw_customers(context: dg.AssetExecutionContext, config: RefreshConfig,
     unless the stored history holds labelled data no deploy decision has covered yet
     (``defs.decisions``): then an empty batch goes on and the graph retrains.
     """
+    if risk_list.sql_url_env and not os.environ.get(risk_list.sql_url_env):
+        # Found here, before anything is fetched, stored or trained: found in churn_scores,
+        # it would stop the run after the deploy, and the re-run would skip the list.
+        raise dg.Failure(description=f"the environment variable {risk_list.sql_url_env} ([scores]"
+                                     " sql_url_env) is not set; it must hold the URL of the database"
+                                     " the risk list is written to", allow_retries=False)
     spec = training_plan.feature_spec()
     watermark = storage.history().state().get("watermark")
     try:

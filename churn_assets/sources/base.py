@@ -64,6 +64,17 @@ def parse_updated_at(frame: pd.DataFrame, column: str, where: str) -> pd.DataFra
     return frame
 
 
+def spec_columns(spec: FeatureSpec) -> list[str]:
+    """Every column a record must have for ``spec``: keys, target, features."""
+    return [*spec.key_columns, spec.target_column, *spec.feature_columns]
+
+
+def missing_spec_columns(spec: FeatureSpec, columns) -> list[str]:
+    """The columns of ``spec`` (``spec_columns``) that are not in ``columns``, in spec order."""
+    present = set(columns)
+    return [c for c in spec_columns(spec) if c not in present]
+
+
 def next_watermark(records: pd.DataFrame, column: str, previous: str | None) -> str | None:
     """The newest ``column`` value of a fetched batch (ISO 8601), or ``previous`` if empty."""
     return records[column].max().isoformat() if len(records) else previous
@@ -88,6 +99,12 @@ class CustomerSource(BaseModel):
         cheaper question (a count query, a count endpoint) than a whole fetch."""
         batch = self.fetch(spec, watermark)
         return NewRecords(len(batch.records), batch.watermark if len(batch.records) else None)
+
+    def sample(self, spec: FeatureSpec, rows: int = 5) -> pd.DataFrame | None:
+        """A few records as ``fetch`` would deliver them (for their columns), read as
+        cheaply as the source allows: a few rows of a file, a LIMIT query, an API's first
+        page. None where there is no cheap way. Raises ``SourceError`` like ``fetch``."""
+        return None
 
     def describe(self) -> str:
         return type(self).__name__

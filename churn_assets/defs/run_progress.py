@@ -20,8 +20,10 @@ from typing import TextIO
 
 import dagster as dg
 
+from churn_assets.core.redaction import redact
 from churn_assets.defs.alerts import failure_reason
 from churn_assets.defs.schedules import churn_refresh
+from churn_assets.storage.faults import fault_in_text
 
 QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 KEY_METRICS = ("roc_auc", "pr_auc", "brier_score", "log_loss", "ece")
@@ -45,7 +47,15 @@ def _step_failure(event) -> str:
     user = getattr(data, "user_failure_data", None)
     if user is not None and user.description:
         return one_line(user.description)
-    return one_line(failure_reason(getattr(data, "error", None)))
+    reason = one_line(failure_reason(getattr(data, "error", None)))
+    # A full, read-only or foreign data directory: what to do, not the OSError's repr.
+    return fault_in_text(reason) or reason
+
+
+def _error_of(event):
+    """The ``SerializableErrorInfo`` an event carries (a step's, a resource's, the run's), or None."""
+    data = getattr(event, "event_specific_data", None)
+    return getattr(data, "error", None) if data is not None else None
 
 
 def format_entry(entry) -> str:
@@ -92,6 +102,9 @@ class RunWatcher(threading.Thread):
     def _handle(self, entry) -> None:
         self.log_file.write(format_entry(entry) + "\n")
         event = entry.dagster_event
+        error = _error_of(event)
+        if error is not None:  # the reason and where it came from, not only "step failed"
+            self.log_file.write(redact(error.to_string()).rstrip() + "\n")
         word = _FINISHED.get(event.event_type_value) if event is not None else None
         if word:
             detail = f": {_step_failure(event)}" if event.event_type_value == "STEP_FAILURE" else ""
@@ -126,12 +139,16 @@ def _fmt(value, digits: int = 4) -> str:
 
 def run_summary(instance: dg.DagsterInstance, run_id: str) -> tuple[bool, list[str]]:
     """(success, lines): what the run did, or the one-line reason it failed."""
-    materialized, observed, failures, check = {}, {}, [], None
+    materialized, observed, failures, check, run_errors = {}, {}, [], None, []
     for entry in instance.all_logs(run_id):
         event = entry.dagster_event
         if event is None:
             continue
         data = event.event_specific_data
+        if event.step_key is None and event.event_type_value != "STEP_FAILURE" and _error_of(event) is not None:
+            # A resource that could not start (an unreachable bucket), the run's own failure:
+            # no step failed, and without this the summary could not say why.
+            run_errors.append(one_line(failure_reason(_error_of(event))))
         if event.event_type_value == "ASSET_MATERIALIZATION":
             mat = data.materialization
             materialized[mat.asset_key.to_user_string()] = _metadata(mat.metadata)
@@ -188,6 +205,9 @@ def run_summary(instance: dg.DagsterInstance, run_id: str) -> tuple[bool, list[s
         if check is not None and not check.passed and step.endswith("_deployment_gate"):
             continue  # the gate line above already says why, rule by rule
         lines.append(f"  failed at {step}: {reason}")
+    if not success and not failures and run_errors:
+        # The first is the cause (a resource's error); the run's failure only wraps it.
+        lines.append(f"  failed at start-up: {fault_in_text(run_errors[0]) or run_errors[0]}")
     return success, lines
 
 

@@ -11,7 +11,8 @@ from pydantic import Field
 from churn_assets.defs.decisions import DecisionLog, already_decided, coverage_of
 from churn_assets.defs.resources import ChurnStorage, DeploymentGateRules, TrainingPlan
 from churn_assets.defs.scores import RiskList
-from churn_assets.sources.base import CustomerSource, SourceError, TransientSourceError
+from churn_assets.sources.base import (CustomerSource, SourceError, TransientSourceError, column_changes,
+                                       describe_column_changes, spec_columns)
 from churn_assets.core.redaction import redact
 from churn_assets.core.frame_pickle import frame_from_parquet, parquet_bytes
 from churn_assets.core.markdown import md_table
@@ -143,9 +144,18 @@ def raw_customers(context: dg.AssetExecutionContext, config: RefreshConfig,
                                   "new_watermark": str(watermark),
                                   "as_of": str(batch.as_of.date()), "status": message})
         return
-    landed = storage.land(batch.records, context.run.run_id)
+    # The spec's columns and the watermark column, whatever the source calls it.
+    expected = {*spec_columns(spec), spec.updated_at_column or "updated_at",
+                getattr(customer_source, "updated_at_column", "") or "updated_at"}
+    drift = column_changes(list(batch.records.columns), expected, storage.history().columns())
+    if drift["new_source_columns"] or drift["vanished_source_columns"]:
+        context.log.warning(describe_column_changes(drift))
+    landed = storage.land(batch.records, context.run.run_id)  # as sent, every column
+    # The history's columns are those of its first batch: a column no model uses that
+    # appears later stays in the landed batch only (the history would refuse it).
+    records = batch.records.drop(columns=drift["source_columns_not_stored"])
     yield dg.Output(
-        RawBatch(batch.records, batch.watermark, batch.as_of, batch.description),
+        RawBatch(records, batch.watermark, batch.as_of, batch.description),
         metadata={
             "records": len(batch.records),
             "source": batch.description,
@@ -154,6 +164,7 @@ def raw_customers(context: dg.AssetExecutionContext, config: RefreshConfig,
             "as_of": str(batch.as_of.date()),
             "landed_at": dg.MetadataValue.path(str(landed)),
             "preview": _preview(batch.records),
+            **{key: dg.MetadataValue.json(value) for key, value in drift.items()},
         },
     )
 

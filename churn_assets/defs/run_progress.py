@@ -23,6 +23,7 @@ import dagster as dg
 from churn_assets.core.redaction import redact
 from churn_assets.defs.alerts import failure_reason
 from churn_assets.defs.schedules import churn_refresh
+from churn_assets.sources.base import describe_column_changes
 from churn_assets.storage.faults import fault_in_text
 
 QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -165,6 +166,8 @@ def run_summary(instance: dg.DagsterInstance, run_id: str) -> tuple[bool, list[s
     raw = materialized.get("raw_customers")
     if raw is not None:
         lines.append(f"  records fetched: {raw.get('records')} ({raw.get('source')})")
+        if raw.get("new_source_columns") or raw.get("vanished_source_columns"):
+            lines.append(f"  {describe_column_changes(raw)}")
     elif "raw_customers" in observed:
         lines.append(f"  records fetched: 0 ({observed['raw_customers'].get('status')})")
     clean = materialized.get("clean_features")

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from churn_assets.settings import SettingsError, load_settings
 from churn_assets.sources.simulation import SimulatorSettings, simulate
-from churn_assets_tests.conftest import TELCO_CSV, guarded_state, run_graph, simulator
+from churn_assets_tests.conftest import TELCO_CSV, guarded_state, simulator
 
 CLI = str(Path(sys.executable).with_name("churn-assets"))
 

@@ -31,9 +31,9 @@ def source_problems(settings: Settings, unset: list[str]) -> tuple[list[str], li
     spec columns the source lacks are problems (every run would fail validation on them);
     source columns the spec does not use are notes."""
     from churn_assets.defs.resources import source_from_settings
-    from churn_assets.sources.base import SourceError, missing_spec_columns, spec_columns
+    from churn_assets.sources.base import SourceError, expected_columns, missing_spec_columns
 
-    if any(line.startswith(("source.", "dagster.")) for line in unset):
+    if any(line.startswith("source.") for line in unset):
         return [], ["source not sampled: a variable it needs is unset"]
     spec = settings.feature_spec()
     source = source_from_settings(settings.source)
@@ -49,7 +49,7 @@ def source_problems(settings: Settings, unset: list[str]) -> tuple[list[str], li
     problems = [f"spec: feature spec {spec.name!r} needs columns the source does not have:"
                 f" {', '.join(map(repr, missing))} (source columns: {', '.join(map(str, sample.columns))})"
                 ] if missing else []
-    ignored = sorted(set(map(str, sample.columns)) - set(spec_columns(spec)) - {spec.updated_at_column})
+    ignored = [str(c) for c in sample.columns if c not in expected_columns(spec, source)]
     notes = [f"source columns the spec does not use: {', '.join(ignored)}"] if ignored else []
     return problems, notes
 

@@ -12,7 +12,7 @@ from churn_assets.defs.decisions import DecisionLog, already_decided, coverage_o
 from churn_assets.defs.resources import ChurnStorage, DeploymentGateRules, TrainingPlan
 from churn_assets.defs.scores import RiskList
 from churn_assets.sources.base import (CustomerSource, SourceError, TransientSourceError, column_changes,
-                                       describe_column_changes, spec_columns)
+                                       describe_column_changes, expected_columns)
 from churn_assets.core.redaction import redact
 from churn_assets.core.frame_pickle import frame_from_parquet, parquet_bytes
 from churn_assets.core.markdown import md_table
@@ -20,6 +20,7 @@ from churn_assets.core.spec import LABEL, FeatureSpec
 from churn_assets.core.training import NotEnoughHistory
 from churn_assets.defs.window import load_modeling_frames
 from churn_assets.core.validation import RecordValidationError, validated_chunks
+from churn_assets.storage.faults import fault_of
 from churn_assets.storage.history import CustomerHistory, UpsertSummary
 
 
@@ -144,13 +145,18 @@ def raw_customers(context: dg.AssetExecutionContext, config: RefreshConfig,
                                   "new_watermark": str(watermark),
                                   "as_of": str(batch.as_of.date()), "status": message})
         return
-    # The spec's columns and the watermark column, whatever the source calls it.
-    expected = {*spec_columns(spec), spec.updated_at_column or "updated_at",
-                getattr(customer_source, "updated_at_column", "") or "updated_at"}
-    drift = column_changes(list(batch.records.columns), expected, storage.history().columns())
+    drift = column_changes(list(batch.records.columns), expected_columns(spec, customer_source),
+                           storage.history().columns())
     if drift["new_source_columns"] or drift["vanished_source_columns"]:
         context.log.warning(describe_column_changes(drift))
-    landed = storage.land(batch.records, context.run.run_id)  # as sent, every column
+    try:
+        landed = storage.land(batch.records, context.run.run_id)  # as sent, every column
+    except OSError as exc:
+        line = fault_of(exc, storage.root)
+        if line is None:
+            raise
+        # A full, read-only or foreign data directory: the RetryPolicy cannot fix it.
+        raise dg.Failure(description=line, allow_retries=False) from None
     # The history's columns are those of its first batch: a column no model uses that
     # appears later stays in the landed batch only (the history would refuse it).
     records = batch.records.drop(columns=drift["source_columns_not_stored"])

@@ -120,7 +120,10 @@ class RunWatcher(threading.Thread):
             try:
                 self.poll()
             except Exception as exc:  # noqa: BLE001 - a busy SQLite file: try again next tick
-                self.log_file.write(f"(watcher: {type(exc).__name__}: {exc})\n")
+                try:
+                    self.log_file.write(f"(watcher: {type(exc).__name__}: {exc})\n")
+                except OSError:
+                    pass  # a full disk: the run's own failure says so, not this thread's traceback
             self._halt.wait(self.poll_seconds)
 
     def finish(self, run_id: str | None) -> None:

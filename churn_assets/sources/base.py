@@ -69,6 +69,13 @@ def spec_columns(spec: FeatureSpec) -> list[str]:
     return [*spec.key_columns, spec.target_column, *spec.feature_columns]
 
 
+def expected_columns(spec: FeatureSpec, source: CustomerSource) -> set[str]:
+    """The columns a batch of ``source`` is expected to have: the spec's and the watermark
+    column, whatever the source calls it (anything else is a column no model uses)."""
+    return {*spec_columns(spec), spec.updated_at_column or "updated_at",
+            getattr(source, "updated_at_column", "") or "updated_at"}
+
+
 def missing_spec_columns(spec: FeatureSpec, columns) -> list[str]:
     """The columns of ``spec`` (``spec_columns``) that are not in ``columns``, in spec order."""
     present = set(columns)

@@ -63,20 +63,25 @@ def _me() -> str:
 
 
 def _line(code: int, path: str | None, home) -> str | None:
-    """The one line for an OS error number on ``path`` (or, without one, on ``home``)."""
-    where = path or (str(home) if home is not None else "the data directory")
-    under = str(home) if home is not None else os.path.dirname(where) or where
+    """The one line for an OS error number on ``path`` (or, without one, on ``home``).
+    The advice names the data directory only when the path is inside it (an input file
+    the user named, or a full temporary folder, is not the data directory's fault)."""
+    home_text = str(home).rstrip("/") if home is not None else None
+    where = path or home_text or "the data directory"
+    inside = home_text is not None and (where == home_text or where.startswith(home_text + "/"))
+    under = home_text if inside else (os.path.dirname(where) or where)
     writing = f" (writing {where})" if where != under else ""
     if code in _NO_SPACE:
-        return (f"no space left on device under {under}{writing}; free some space there or set"
-                " CHURN_ASSETS_HOME to a disk with room, then run again (nothing stored was lost)")
+        move = " or set CHURN_ASSETS_HOME to a disk with room" if inside else ""
+        return (f"no space left on device under {under}{writing}; free some space there{move}, then"
+                " run again (nothing stored was lost)")
     if code == errno.EROFS:
-        return (f"{under} is on a read-only file system{writing}; remount it read-write or set"
-                " CHURN_ASSETS_HOME to a writable directory")
+        move = " or set CHURN_ASSETS_HOME to a writable directory" if inside else ""
+        return f"{under} is on a read-only file system{writing}; remount it read-write{move}"
     if code in _DENIED:
+        move = ", or set CHURN_ASSETS_HOME to a directory you own" if inside else ""
         return (f"permission denied on {where}: {_owner(Path(where))} and this process runs as"
-                f" {_me()}; run churn-assets as the owner of {under}, or set CHURN_ASSETS_HOME to a"
-                " directory you own")
+                f" {_me()}; run churn-assets as the owner of {under}{move}")
     return None
 
 

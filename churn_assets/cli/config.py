@@ -30,7 +30,7 @@ def source_problems(settings: Settings, unset: list[str]) -> tuple[list[str], li
     """(problems, notes) from a few records of the source compared with the feature spec:
     spec columns the source lacks are problems (every run would fail validation on them);
     source columns the spec does not use are notes."""
-    from churn_assets.defs.resources import source_from_settings
+    from churn_assets.defs.sourcing import source_from_settings
     from churn_assets.sources.base import SourceError, expected_columns, missing_spec_columns
 
     if any(line.startswith("source.") for line in unset):

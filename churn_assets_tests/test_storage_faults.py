@@ -135,6 +135,11 @@ def foreign_home():
     """A data directory of root's, and a scratch folder the unprivileged user may use."""
     if os.geteuid() != 0:
         pytest.skip("needs root to own a data directory that another user then opens")
+    probe = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                            sys.executable, "-c", "import churn_assets.cli"], capture_output=True, text=True,
+                           cwd="/", timeout=120)
+    if probe.returncode != 0:  # e.g. a checkout inside a folder only root may enter
+        pytest.skip(f"user nobody cannot run this checkout's Python: {probe.stderr.strip()[-300:]}")
     base = Path(tempfile.mkdtemp(prefix="churn-foreign-"))
     try:
         os.chmod(base, 0o755)

@@ -152,3 +152,42 @@ def test_validation_failure_ends_with_the_failing_columns_on_one_line(churn_env,
                              " 'simulator' feature spec: column 'plan' is missing"), reason
     assert "  FAILED   clean_features: records do not match" in out
     assert not (home / "registry" / "versions").exists()
+
+
+def test_new_and_vanished_source_columns_are_reported_in_metadata_and_the_summary(tmp_path, churn_env, capsys):
+    # An API that sends loyalty_tier, stops, then sends promo_code: the first was stored
+    # silently, the last failed every refresh from then on ("new records bring columns the
+    # history does not have"). Now raw_customers' metadata and the summary name each change.
+    import pandas as pd
+
+    from churn_assets.sources.simulation import SimulatorSettings, simulate
+    from churn_assets.storage.history import CustomerHistory
+
+    home, config = churn_env
+    weeks = simulate(SimulatorSettings(n_customers=1000), "2026-05-18")
+    newest, week = weeks["snapshot_date"].max(), pd.Timedelta(days=7)
+    exports = {"with": weeks[weeks["snapshot_date"] < newest - week].assign(loyalty_tier="gold"),
+               "without": weeks[weeks["snapshot_date"] == newest - week],
+               "promo": weeks[weeks["snapshot_date"] == newest].assign(promo_code="SPRING")}
+    summaries, metadata = [], []
+    for name, frame in exports.items():
+        frame.to_csv(tmp_path / f"{name}.csv", index=False)
+        config.write_text(f'[source]\nkind = "file"\npath = "{tmp_path / name}.csv"\n')
+        code, out, err = run_cli(capsys, "materialize", "--select", "raw_customers,clean_features")
+        assert code == 0, err
+        summaries.append(out)
+        with dg.DagsterInstance.get() as instance:
+            event = instance.get_latest_materialization_event(dg.AssetKey("raw_customers"))
+        metadata.append({k: v.value for k, v in event.asset_materialization.metadata.items()})
+    assert metadata[0]["source_columns_not_in_spec"] == metadata[0]["new_source_columns"] == ["loyalty_tier"]
+    assert "source columns changed: new loyalty_tier (not in the feature spec: stored, not used)" in summaries[0]
+    assert metadata[1]["vanished_source_columns"] == ["loyalty_tier"] and metadata[1]["new_source_columns"] == []
+    assert "source columns changed: vanished loyalty_tier" in summaries[1]
+    assert metadata[2]["new_source_columns"] == metadata[2]["source_columns_not_stored"] == ["promo_code"]
+    assert ("source columns changed: new promo_code (not in the feature spec: kept in the landed batch,"
+            " not in the history); vanished loyalty_tier") in summaries[2]
+    stored = CustomerHistory(home / "history").load()
+    assert "loyalty_tier" in stored.columns and "promo_code" not in stored.columns
+    assert stored["snapshot_date"].max() == newest  # the promo_code week was stored
+    landed = sorted((home / "landing").glob("batch-*.parquet"))[-1]
+    assert "promo_code" in pd.read_parquet(landed).columns  # as the source sent it

@@ -122,8 +122,12 @@ def test_tree_attributions_group_one_hot_and_indicator_columns_into_their_featur
     np.testing.assert_allclose(ex.explain_encoded(X).contributions, grouped, rtol=0, atol=1e-9)
     used = {owner[f] for p in predictor.classifier._predictors for f in p[0].nodes["feature_idx"][~p[0].nodes["is_leaf"].astype(bool)]}
     assert {"plan", "payment_method"} & used  # one-hot blocks really were split on
-    # The base is the training rows' mean raw score, on the calibrated scale.
-    mean_raw = predictor.pipeline.decision_function(frames.training_window).mean()
+    # The base is the deployed fit's training rows' mean raw score, on the calibrated
+    # scale: the rows of the serving window (core.windows).
+    ts = SPEC.timestamp_column
+    served = pd.concat(frames.frames, ignore_index=True)
+    served = served[served[ts] >= frames.serving_start]
+    mean_raw = predictor.pipeline.decision_function(served).mean()
     assert ex.base == pytest.approx(slope * mean_raw + predictor.calibrator.model.intercept_[0], abs=1e-9)
 
 

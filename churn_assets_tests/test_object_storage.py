@@ -333,3 +333,61 @@ def test_the_cli_refreshes_an_s3_home_keeping_its_instance_and_logs_on_this_mach
     assert listed.returncode == 0, listed.stderr[-2000:]
     assert '"v0001"' in listed.stdout
     assert not any(Path.cwd().iterdir())
+
+
+# -- faults the user sees from the command line ------------------------------------------------
+
+def _cli(args: list[str], env: dict, tmp_path: Path):
+    import os
+    import subprocess
+    import sys
+
+    full = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "CHURN_ASSETS_CONFIG")}
+    config = tmp_path / "churn.toml"
+    config.write_text(f'[dagster]\nlocal_dir = "{tmp_path / "machine"}"\n')
+    full.update(CHURN_ASSETS_CONFIG=str(config), **env)
+    return subprocess.run([str(Path(sys.executable).with_name("churn-assets")), *args], env=full,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args", [["versions"], ["materialize", "--as-of", FIRST_WEEK], ["rollback"]])
+def test_the_cli_names_a_missing_bucket_and_a_dead_endpoint_in_one_line(s3, tmp_path, args):
+    endpoint, bucket, client = s3
+    cases = [(endpoint, f"s3://no-such-{bucket}/home: bucket 'no-such-{bucket}' does not exist at {endpoint};"
+                        " create it first"),
+             ("http://127.0.0.1:9", f"s3://{bucket}/home: object storage at http://127.0.0.1:9 cannot be reached")]
+    for url, expected in cases:
+        home = f"s3://{bucket}/home" if url.endswith(":9") else f"s3://no-such-{bucket}/home"
+        done = _cli(args, {**aws_env(url), "CHURN_ASSETS_HOME": home}, tmp_path)
+        assert done.returncode == 1, (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
+        assert "Traceback" not in done.stdout + done.stderr, done.stderr[-3000:]
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith(f"churn-assets {args[0]}: ") and expected in lines[0], lines
+        assert "no model versions" not in done.stdout
+    assert keys(client, bucket) == []
+
+
+def test_a_run_whose_storage_cannot_start_says_why_in_its_summary_and_its_log(s3, tmp_path, monkeypatch):
+    # A run the CLI's own check did not stop (the daemon's, or a bucket deleted meanwhile):
+    # the resource fails before any step, and the summary and the log still say why.
+    import io
+
+    from churn_assets.cli import prepare_dagster_home
+    from churn_assets.defs.launch import refresh_run_config, run_refresh
+    from churn_assets.defs.run_progress import RunWatcher, failure_line, run_summary
+
+    _, bucket, _ = s3
+    monkeypatch.setenv("CHURN_ASSETS_HOME", f"s3://no-such-{bucket}/home")
+    monkeypatch.delenv("CHURN_ASSETS_CONFIG", raising=False)
+    local = tmp_path / "machine"
+    log, out = io.StringIO(), io.StringIO()
+    with dg.DagsterInstance.from_config(str(prepare_dagster_home(local))) as instance:
+        watcher = RunWatcher(instance, log, out)
+        watcher.start()
+        result = run_refresh(local, instance, refresh_run_config(FIRST_WEEK), "raw_customers")
+        watcher.finish(result.run_id)
+        success, lines = run_summary(instance, result.run_id)
+    reason = f"s3://no-such-{bucket}/home: bucket 'no-such-{bucket}' does not exist"
+    assert not success
+    assert failure_line(success, lines).startswith(f"failed at start-up: {reason}"), lines
+    assert reason in log.getvalue()

@@ -120,7 +120,11 @@ def test_cli_reports_a_config_error_in_one_message_with_exit_2_and_runs_nothing(
 
 
 def test_check_config_accepts_a_good_file(tmp_path):
-    done = run_cli(tmp_path, "check-config", config_text='spec = "telco"\n[window]\nholdout_weeks = 3\n')
+    # The telco spec with the telco export (check-config compares the spec with the source).
+    from churn_assets_tests.conftest import TELCO_CSV
+
+    done = run_cli(tmp_path, "check-config", config_text=f'spec = "telco"\n[source]\nkind = "file"\n'
+                   f'path = "{TELCO_CSV}"\nsnapshot_weeks = 10\n[window]\nholdout_weeks = 3\n')
     assert done.returncode == 0, done.stderr
     assert "configuration OK" in done.stdout and "'telco'" in done.stdout
 

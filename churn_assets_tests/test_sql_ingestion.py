@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from churn_assets.defs.resources import source_from_settings
+from churn_assets.defs.sourcing import source_from_settings
 from churn_assets.settings import Settings, SettingsError, load_settings
 from churn_assets.sources.simulation import SimulatorSettings, simulate
 from churn_assets.sources.base import SourceError

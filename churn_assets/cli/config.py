@@ -7,13 +7,61 @@ import json
 import os
 import re
 
-from churn_assets.settings import load_settings
+from churn_assets.core.redaction import redact
+from churn_assets.settings import CONFIG_ENV, Settings, SettingsError, load_settings
+
+SAMPLE_ROWS = 5
+
+
+def config_name() -> str:
+    """How problems name the configuration: its file, or the defaults."""
+    return os.environ.get(CONFIG_ENV) or "default settings"
+
+
+def require_variables(settings: Settings) -> None:
+    """Raise ``SettingsError`` naming every environment variable the settings name that
+    is unset: a run would fail on it, some only after the model was deployed."""
+    unset = settings.unset_variables()
+    if unset:
+        raise SettingsError("\n".join(f"{config_name()}: {line}" for line in unset))
+
+
+def source_problems(settings: Settings, unset: list[str]) -> tuple[list[str], list[str]]:
+    """(problems, notes) from a few records of the source compared with the feature spec:
+    spec columns the source lacks are problems (every run would fail validation on them);
+    source columns the spec does not use are notes."""
+    from churn_assets.defs.sourcing import source_from_settings
+    from churn_assets.sources.base import SourceError, expected_columns, missing_spec_columns
+
+    if any(line.startswith("source.") for line in unset):
+        return [], ["source not sampled: a variable it needs is unset"]
+    spec = settings.feature_spec()
+    source = source_from_settings(settings.source)
+    try:
+        sample = source.sample(spec, SAMPLE_ROWS)
+    except (SourceError, OSError, ValueError) as exc:
+        return [f"source: cannot read a sample to compare with the feature spec: {redact(str(exc))}"], []
+    if sample is None:
+        return [], []
+    if sample.empty and not len(sample.columns):
+        return [], [f"source: {source.describe()} returned no records; columns not compared"]
+    missing = missing_spec_columns(spec, sample.columns)
+    problems = [f"spec: feature spec {spec.name!r} needs columns the source does not have:"
+                f" {', '.join(map(repr, missing))} (source columns: {', '.join(map(str, sample.columns))})"
+                ] if missing else []
+    ignored = [str(c) for c in sample.columns if c not in expected_columns(spec, source)]
+    notes = [f"source columns the spec does not use: {', '.join(ignored)}"] if ignored else []
+    return problems, notes
 
 
 def cmd_check_config(ns: argparse.Namespace) -> int:
     settings = load_settings()  # raises SettingsError, reported by main()
     spec = settings.feature_spec()
-    where = os.environ.get("CHURN_ASSETS_CONFIG") or "defaults (CHURN_ASSETS_CONFIG is not set)"
+    unset = settings.unset_variables()
+    problems, notes = source_problems(settings, unset)
+    if unset or problems:
+        raise SettingsError("\n".join(f"{config_name()}: {line}" for line in unset + problems))
+    where = os.environ.get(CONFIG_ENV) or "defaults (CHURN_ASSETS_CONFIG is not set)"
     print(f"configuration OK: {where}")
     print(f"  feature spec {spec.name!r}: {len(spec.numeric_features)} numeric,"
           f" {len(spec.categorical_features)} categorical features, label horizon"
@@ -22,6 +70,8 @@ def cmd_check_config(ns: argparse.Namespace) -> int:
           f"{settings.window.holdout_weeks} weeks; {len(settings.gate.rules)} gate rules;"
           f" schedule {settings.schedule.cron} ({settings.schedule.timezone})")
     print(f"  data directory: {settings.home}")
+    for note in notes:
+        print(f"  {note}")
     return 0
 
 

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
-from churn_assets.settings import load_settings
 
 # Sections of the instance config that keep a killed run from holding the refresh slot
 # forever (issue 8). prepare_dagster_home adds any that an existing dagster.yaml lacks.
@@ -80,14 +77,3 @@ def prepare_dagster_home(home: Path, postgres_url_env: str = "") -> Path:
         added = "# Added by churn-assets (run monitoring, [dagster] settings).\n" + "".join(missing)
         config.write_text(text + ("" if text.endswith("\n") or not text else "\n") + added)
     return dagster_home
-
-
-def _dagster(args: list[str]) -> int:
-    settings = load_settings()
-    env = dict(os.environ)
-    dagster_home = prepare_dagster_home(settings.local_home, settings.dagster.postgres_url_env)
-    env.setdefault("DAGSTER_HOME", str(dagster_home))
-    dagster = Path(sys.executable).with_name("dagster")
-    command = [str(dagster) if dagster.exists() else "dagster", *args]
-    os.execvpe(command[0], command, env)
-    return 1  # not reached

@@ -8,6 +8,7 @@ import sys
 import warnings
 from contextlib import contextmanager
 
+from churn_assets.cli.config import require_variables
 from churn_assets.cli.dagster_home import prepare_dagster_home
 from churn_assets.cli.parsing import iso_date
 from churn_assets.settings import load_settings
@@ -41,6 +42,7 @@ def cmd_materialize(ns: argparse.Namespace) -> int:
                                                  run_summary)
 
     settings = load_settings()
+    require_variables(settings)  # before any work: some would fail only after a deploy
     run_config = refresh_run_config(ns.as_of, ns.families, ns.seed)
     if not ns.verbose:
         # Dagster's DEBUG stream goes to the log file (written by the watcher from the
@@ -106,6 +108,7 @@ def cmd_dev(ns: argparse.Namespace) -> int:
     import time
 
     settings = load_settings()
+    require_variables(settings)  # the daemon's scheduled runs would fail on each of them
     env = dict(os.environ)
     env.setdefault("DAGSTER_HOME", str(prepare_dagster_home(settings.local_home, settings.dagster.postgres_url_env)))
     command = [sys.executable, "-m", "churn_assets.cli.dev_child", "dev", "-m", "churn_assets",

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from churn_assets.core.categories import as_text
+from churn_assets.core.categories import as_text, category_key
 
 BUILTIN_SPEC_DIR = Path(__file__).parent / "specs"
 LABEL = "_label"  # the 0/1 churn label column; the raw target column stays as the source sent it
@@ -47,6 +47,11 @@ class FeatureSpec:
             record (used for incremental fetches).
         value_column: Optional numeric feature holding what a customer is worth (e.g.
             monthly spend); the risk list's ``value_at_risk`` is P(churn) times it.
+        bounds: Per feature column, the values a record may hold: ``min`` and ``max``
+            (numeric columns, inclusive) and ``allowed`` (a list; categories compared
+            after trimming, case-folding and ``category_aliases``). Validation refuses
+            a batch with any value outside them; missing values are not judged here.
+            None: no bounds.
     """
 
     name: str
@@ -61,6 +66,9 @@ class FeatureSpec:
     label_horizon_days: int = 0
     updated_at_column: str | None = None
     value_column: str | None = None
+    # None rather than an empty dict: models pickled before bounds existed read the
+    # class default, and a spec without bounds keeps the dict form it always had.
+    bounds: dict[str, dict] | None = None
 
     def __post_init__(self) -> None:
         if not self.numeric_features and not self.categorical_features:
@@ -87,6 +95,26 @@ class FeatureSpec:
                             f" the numeric_features")
         if str(self.positive_label) == str(self.negative_label):
             raise SpecError(f"spec {self.name!r}: positive_label equals negative_label")
+        for column, bound in (self.bounds or {}).items():
+            self._check_bound(column, bound)
+
+    def _check_bound(self, column: str, bound: dict) -> None:
+        where = f"spec {self.name!r}: bounds.{column}"
+        if column not in self.feature_columns:
+            raise SpecError(f"{where}: not a feature column (bounds are for numeric_features"
+                            " and categorical_features)")
+        if not bound or set(bound) - {"min", "max", "allowed"}:
+            raise SpecError(f"{where}: give min, max and/or allowed (and nothing else)")
+        if column in self.categorical_features and ("min" in bound or "max" in bound):
+            raise SpecError(f"{where}: min and max are for numeric columns; use allowed for a category")
+        if bound.get("min") is not None and bound.get("max") is not None and bound["min"] > bound["max"]:
+            raise SpecError(f"{where}: min ({bound['min']}) exceeds max ({bound['max']})")
+        if "allowed" in bound and not bound["allowed"]:
+            raise SpecError(f"{where}: allowed must list at least one value")
+
+    def bounds_of(self, column: str) -> dict:
+        """``{"min": float, "max": float, "allowed": [...]}`` (only the keys set) for ``column``."""
+        return (self.bounds or {}).get(column, {})
 
     @property
     def feature_columns(self) -> list[str]:
@@ -100,6 +128,8 @@ class FeatureSpec:
         data = asdict(self)
         data["numeric_features"] = list(self.numeric_features)
         data["categorical_features"] = list(self.categorical_features)
+        if not self.bounds:
+            data.pop("bounds")
         return data
 
     @classmethod
@@ -122,7 +152,38 @@ class FeatureSpec:
             col: {str(k).strip().casefold(): str(v).strip().casefold() for k, v in aliases.items()}
             for col, aliases in values["category_aliases"].items()
         }
+        values["bounds"] = _normalized_bounds(values["bounds"], values) or None
         return cls(**values)
+
+
+def _normalized_bounds(bounds: dict, values: dict) -> dict:
+    """Bounds as validation compares them: numbers as floats, categories in their
+    canonical form (the category rule, then the column's aliases)."""
+    out = {}
+    for column, bound in bounds.items():
+        bound = {k: v for k, v in bound.items() if v is not None}
+        if "allowed" in bound:
+            if column in values["categorical_features"]:
+                aliases = values["category_aliases"].get(column, {})
+                keys = (category_key(as_text(v)) for v in bound["allowed"])
+                bound["allowed"] = sorted({aliases.get(k, k) for k in keys if k is not None})
+            else:
+                bound["allowed"] = sorted({float(v) for v in bound["allowed"]})
+        for key in ("min", "max"):
+            if key in bound:
+                bound[key] = float(bound[key])
+        out[column] = bound
+    return out
+
+
+class ColumnBounds(BaseModel):
+    """The JSON form of one column's bounds (docs/configuration.md, "Feature spec")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min: float | None = Field(None, allow_inf_nan=False)
+    max: float | None = Field(None, allow_inf_nan=False)
+    allowed: list[str | float] | None = None
 
 
 class SpecFile(BaseModel):
@@ -142,6 +203,7 @@ class SpecFile(BaseModel):
     label_horizon_days: int = Field(0, ge=0)
     updated_at_column: str | None = None
     value_column: str | None = None
+    bounds: dict[str, ColumnBounds] = Field(default_factory=dict)
 
     @field_validator("positive_label", "negative_label", mode="before")
     @classmethod

@@ -19,7 +19,7 @@ import pyarrow
 import pyarrow.parquet as pq
 from pandera.errors import SchemaErrors
 
-from churn_assets.core.categories import as_text
+from churn_assets.core.categories import as_text, normalize_category
 from churn_assets.core.features import to_float
 from churn_assets.core.frame_pickle import round_trips_as_parquet
 from churn_assets.core.spec import LABEL, FeatureSpec, churn_label
@@ -50,6 +50,12 @@ def _finite(series: pd.Series) -> pd.Series:
     return ~np.isinf(series.astype("float64")) | series.isna()
 
 
+def _allowed_category(series: pd.Series, allowed, aliases: dict) -> pd.Series:
+    """True where a value's canonical category is ``allowed`` (missing values pass)."""
+    canonical = series.map(lambda v: normalize_category(v, aliases), na_action="ignore")
+    return canonical.isin(set(allowed)) | series.isna()
+
+
 def schema_model(spec: FeatureSpec) -> type[pa.DataFrameModel]:
     """A pandera DataFrameModel for records of ``spec`` (after ``coerce_records``)."""
     annotations: dict[str, object] = {}
@@ -69,10 +75,18 @@ def schema_model(spec: FeatureSpec) -> type[pa.DataFrameModel]:
     add(spec.timestamp_column, pa.typing.Series["datetime64[ns]"], nullable=False)
     add(spec.target_column, pa.typing.Series[object], nullable=False, isin=labels)
     for column in spec.numeric_features:
+        bound = spec.bounds_of(column)
+        limits = {name: bound[key] for key, name in (("min", "ge"), ("max", "le"), ("allowed", "isin"))
+                  if key in bound}
         add(column, pa.typing.Series[np.float64], nullable=True,
-            not_all_missing=(), finite=())
+            not_all_missing=(), finite=(), **limits)
     for column in spec.categorical_features:
-        add(column, pa.typing.Series[object], nullable=True, not_all_missing=())
+        allowed = spec.bounds_of(column).get("allowed")
+        # Judged in canonical form, as the model will read them ("Basic " is "basic").
+        extra = {"allowed_category": {"allowed": tuple(allowed),
+                                      "aliases": tuple(sorted(spec.category_aliases.get(column, {}).items()))}
+                 } if allowed else {}
+        add(column, pa.typing.Series[object], nullable=True, not_all_missing=(), **extra)
 
     class Config:
         unique = spec.key_columns
@@ -92,6 +106,10 @@ if not hasattr(pa.extensions, "_churn_checks_registered"):
     @pa.extensions.register_check_method(statistics=[])
     def finite(pandas_obj):
         return _finite(pandas_obj)
+
+    @pa.extensions.register_check_method(statistics=["allowed", "aliases"])
+    def allowed_category(pandas_obj, *, allowed, aliases):
+        return _allowed_category(pandas_obj, allowed, dict(aliases))
 
     pa.extensions._churn_checks_registered = True
 
@@ -289,6 +307,18 @@ def _chunk(records: pd.DataFrame, timestamps: pd.Series, positions: np.ndarray,
     return part.assign(**{spec.timestamp_column: timestamps.iloc[positions].to_numpy()})
 
 
+def _bound_words(check: str, bound: dict) -> str:
+    """A bounds check as the spec states it, not as pandera spells it."""
+    if check.startswith("greater_than_or_equal_to("):
+        return f"its bounds (min {bound['min']:g})"
+    if check.startswith("less_than_or_equal_to("):
+        return f"its bounds (max {bound['max']:g})"
+    if check.startswith(("isin(", "allowed_category(")):
+        shown = (f"{v:g}" if isinstance(v, float) else str(v) for v in bound["allowed"])
+        return f"its bounds (allowed: {', '.join(shown)})"
+    return check
+
+
 def describe_failures(cases: pd.DataFrame, spec: FeatureSpec) -> str:
     """One line per failing (column, check), with a few failing values."""
     lines = []
@@ -306,6 +336,8 @@ def describe_failures(cases: pd.DataFrame, spec: FeatureSpec) -> str:
             check = f"dtype check (expected {check[7:-2]})"
         elif check == "not_nullable":
             check = "not_nullable (missing values)"
+        elif isinstance(column, str) and spec.bounds_of(column):
+            check = _bound_words(check, spec.bounds_of(column))
         where = f"column {column!r}" if isinstance(column, str) and column in set(cases["column"]) else "table"
         lines.append(f"{where} failed {check}: {len(group)} row(s), e.g. {examples}")
     return f"records do not match the {spec.name!r} feature spec:\n  " + "\n  ".join(lines)

@@ -5,7 +5,7 @@ The webhook URL comes from ``CHURN_ASSETS_ALERT_WEBHOOK`` (unset: log only). Pos
 best effort: the run's failure is already recorded by Dagster, and a dead webhook only
 adds a log line; it never replaces or hides the failure it was reporting.
 
-Every alert text is passed through ``sources.redaction.redact`` before it is logged or
+Every alert text is passed through ``core.redaction.redact`` before it is logged or
 posted: an error message may quote a URL, and a password or ``token=`` in it must not
 end up in a Slack channel.
 """
@@ -17,7 +17,7 @@ import os
 
 import requests
 
-from churn_assets.sources.redaction import redact
+from churn_assets.core.redaction import redact
 
 WEBHOOK_ENV = "CHURN_ASSETS_ALERT_WEBHOOK"
 log = logging.getLogger("churn_assets.defs.alerts")

@@ -1,6 +1,7 @@
 """Data assets: collect new customer records, validate them, keep the history."""
 
 import datetime as dt
+import os
 from dataclasses import dataclass
 
 import dagster as dg
@@ -9,14 +10,17 @@ from pydantic import Field
 
 from churn_assets.defs.decisions import DecisionLog, already_decided, coverage_of
 from churn_assets.defs.resources import ChurnStorage, DeploymentGateRules, TrainingPlan
-from churn_assets.sources.base import CustomerSource, SourceError, TransientSourceError
-from churn_assets.sources.redaction import redact
+from churn_assets.defs.scores import RiskList
+from churn_assets.sources.base import (CustomerSource, SourceError, TransientSourceError, column_changes,
+                                       describe_column_changes, expected_columns)
+from churn_assets.core.redaction import redact
 from churn_assets.core.frame_pickle import frame_from_parquet, parquet_bytes
 from churn_assets.core.markdown import md_table
 from churn_assets.core.spec import LABEL, FeatureSpec
 from churn_assets.core.training import NotEnoughHistory
 from churn_assets.defs.window import load_modeling_frames
 from churn_assets.core.validation import RecordValidationError, validated_chunks
+from churn_assets.storage.faults import fault_of
 from churn_assets.storage.history import CustomerHistory, UpsertSummary
 
 
@@ -86,7 +90,7 @@ def _preview(frame: pd.DataFrame, rows: int = 5) -> dg.MetadataValue:
 def raw_customers(context: dg.AssetExecutionContext, config: RefreshConfig,
                   customer_source: dg.ResourceParam[CustomerSource],
                   storage: ChurnStorage, training_plan: TrainingPlan,
-                  gate_rules: DeploymentGateRules):
+                  gate_rules: DeploymentGateRules, risk_list: RiskList):
     """New or changed customer snapshots since the stored watermark, as the source sent them.
 
     The batch is kept in the landing folder as received. It enters the customer history
@@ -95,6 +99,12 @@ def raw_customers(context: dg.AssetExecutionContext, config: RefreshConfig,
     unless the stored history holds labelled data no deploy decision has covered yet
     (``defs.decisions``): then an empty batch goes on and the graph retrains.
     """
+    if risk_list.sql_url_env and not os.environ.get(risk_list.sql_url_env):
+        # Found here, before anything is fetched, stored or trained: found in churn_scores,
+        # it would stop the run after the deploy, and the re-run would skip the list.
+        raise dg.Failure(description=f"the environment variable {risk_list.sql_url_env} ([scores]"
+                                     " sql_url_env) is not set; it must hold the URL of the database"
+                                     " the risk list is written to", allow_retries=False)
     spec = training_plan.feature_spec()
     watermark = storage.history().state().get("watermark")
     try:
@@ -135,9 +145,23 @@ def raw_customers(context: dg.AssetExecutionContext, config: RefreshConfig,
                                   "new_watermark": str(watermark),
                                   "as_of": str(batch.as_of.date()), "status": message})
         return
-    landed = storage.land(batch.records, context.run.run_id)
+    drift = column_changes(list(batch.records.columns), expected_columns(spec, customer_source),
+                           storage.history().columns())
+    if drift["new_source_columns"] or drift["vanished_source_columns"]:
+        context.log.warning(describe_column_changes(drift))
+    try:
+        landed = storage.land(batch.records, context.run.run_id)  # as sent, every column
+    except OSError as exc:
+        line = fault_of(exc, storage.root)
+        if line is None:
+            raise
+        # A full, read-only or foreign data directory: the RetryPolicy cannot fix it.
+        raise dg.Failure(description=line, allow_retries=False) from None
+    # The history's columns are those of its first batch: a column no model uses that
+    # appears later stays in the landed batch only (the history would refuse it).
+    records = batch.records.drop(columns=drift["source_columns_not_stored"])
     yield dg.Output(
-        RawBatch(batch.records, batch.watermark, batch.as_of, batch.description),
+        RawBatch(records, batch.watermark, batch.as_of, batch.description),
         metadata={
             "records": len(batch.records),
             "source": batch.description,
@@ -146,6 +170,7 @@ def raw_customers(context: dg.AssetExecutionContext, config: RefreshConfig,
             "as_of": str(batch.as_of.date()),
             "landed_at": dg.MetadataValue.path(str(landed)),
             "preview": _preview(batch.records),
+            **{key: dg.MetadataValue.json(value) for key, value in drift.items()},
         },
     )
 

@@ -13,10 +13,10 @@ from churn_assets.defs.io_managers import JoblibIOManager, step_output_io_manage
 from churn_assets.defs.model import churn_model, fitted_scaler
 from churn_assets.defs.model_health import model_health
 from churn_assets.defs.monitoring import MonitoringPlan, data_drift, model_health_sensor
-from churn_assets.defs.resources import (ChurnStorage, DeploymentGateRules, TrainingPlan,
-                                         source_from_settings)
+from churn_assets.defs.resources import ChurnStorage, DeploymentGateRules, TrainingPlan
 from churn_assets.defs.scores import RiskList, churn_scores
 from churn_assets.defs.schedules import churn_refresh, weekly_refresh
+from churn_assets.defs.sourcing import source_from_settings
 from churn_assets.defs.sensors import churn_failure_alert, new_data_sensor
 from churn_assets.settings import Settings, load_settings
 from churn_assets.sources.base import CustomerSource

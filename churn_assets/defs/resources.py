@@ -14,18 +14,12 @@ from pydantic import Field
 from churn_assets.core.gate import DEFAULT_RULES, RECENT_VERSIONS, GateRule
 from churn_assets.core.spec import FeatureSpec, SpecError, load_spec
 from churn_assets.core.training import WindowPlan
-from churn_assets.settings import SourceSettings
 from churn_assets.storage import location
 from churn_assets.storage.atomic import atomic_write_bytes, private_mkdir
 from churn_assets.storage.history import CustomerHistory
 from churn_assets.storage.object_registry import open_registry
 from churn_assets.storage.registry import ModelRegistry
 from churn_assets.defs.threads import thread_budget
-from churn_assets.sources.base import CustomerSource
-from churn_assets.sources.file import FileSource
-from churn_assets.sources.http import HttpSource
-from churn_assets.sources.simulator import SimulatorSource
-from churn_assets.sources.sql import SqlSource
 
 
 class ChurnStorage(dg.ConfigurableResource):
@@ -135,24 +129,3 @@ class DeploymentGateRules(dg.ConfigurableResource):
     @classmethod
     def from_rules(cls, rules) -> DeploymentGateRules:
         return cls(rules=[GateRuleConfig.of(r) for r in rules])
-
-
-def source_from_settings(source: SourceSettings) -> CustomerSource:
-    """The plain source object for a validated ``[source]`` section.
-
-    Secrets stay out of it: the HTTP token and a SQL URL from ``url_env`` are read from
-    their environment variables when the source connects, once per run.
-    """
-    options = source.model_dump(exclude={"kind"}, exclude_none=True)
-    for key in ("as_of", "start_date", "snapshot_end", "scenario_start"):
-        if key in options:
-            options[key] = options[key].isoformat()
-    if source.kind == "simulator":
-        return SimulatorSource(**options)
-    if source.kind == "file":
-        return FileSource(**options)
-    if source.kind == "http":
-        return HttpSource(**options)
-    if "path" in options:
-        options["url"] = f"sqlite:///{options.pop('path')}"
-    return SqlSource(**options)

@@ -20,10 +20,13 @@ from typing import TextIO
 
 import dagster as dg
 
+from churn_assets.core.redaction import redact
 from churn_assets.defs.alerts import failure_reason
 from churn_assets.defs.outcome import OUTCOME_TAG, refusal_words
 from churn_assets.defs.outcome import metadata_values as _metadata
 from churn_assets.defs.schedules import churn_refresh
+from churn_assets.sources.base import describe_column_changes
+from churn_assets.storage.faults import fault_in_text
 
 QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 KEY_METRICS = ("roc_auc", "pr_auc", "brier_score", "log_loss", "ece")
@@ -46,7 +49,15 @@ def _step_failure(event) -> str:
     user = getattr(data, "user_failure_data", None)
     if user is not None and user.description:
         return one_line(user.description)
-    return one_line(failure_reason(getattr(data, "error", None)))
+    reason = one_line(failure_reason(getattr(data, "error", None)))
+    # A full, read-only or foreign data directory: what to do, not the OSError's repr.
+    return fault_in_text(reason) or reason
+
+
+def _error_of(event):
+    """The ``SerializableErrorInfo`` an event carries (a step's, a resource's, the run's), or None."""
+    data = getattr(event, "event_specific_data", None)
+    return getattr(data, "error", None) if data is not None else None
 
 
 def format_entry(entry) -> str:
@@ -93,6 +104,9 @@ class RunWatcher(threading.Thread):
     def _handle(self, entry) -> None:
         self.log_file.write(format_entry(entry) + "\n")
         event = entry.dagster_event
+        error = _error_of(event)
+        if error is not None:  # the reason and where it came from, not only "step failed"
+            self.log_file.write(redact(error.to_string()).rstrip() + "\n")
         word = _FINISHED.get(event.event_type_value) if event is not None else None
         if word:
             detail = f": {_step_failure(event)}" if event.event_type_value == "STEP_FAILURE" else ""
@@ -107,7 +121,10 @@ class RunWatcher(threading.Thread):
             try:
                 self.poll()
             except Exception as exc:  # noqa: BLE001 - a busy SQLite file: try again next tick
-                self.log_file.write(f"(watcher: {type(exc).__name__}: {exc})\n")
+                try:
+                    self.log_file.write(f"(watcher: {type(exc).__name__}: {exc})\n")
+                except OSError:
+                    pass  # a full disk: the run's own failure says so, not this thread's traceback
             self._halt.wait(self.poll_seconds)
 
     def finish(self, run_id: str | None) -> None:
@@ -127,12 +144,16 @@ def _fmt(value, digits: int = 4) -> str:
 
 def run_summary(instance: dg.DagsterInstance, run_id: str) -> tuple[bool, list[str]]:
     """(success, lines): what the run did, or the one-line reason it failed."""
-    materialized, observed, failures, check = {}, {}, [], None
+    materialized, observed, failures, check, run_errors = {}, {}, [], None, []
     for entry in instance.all_logs(run_id):
         event = entry.dagster_event
         if event is None:
             continue
         data = event.event_specific_data
+        if event.step_key is None and event.event_type_value != "STEP_FAILURE" and _error_of(event) is not None:
+            # A resource that could not start (an unreachable bucket), the run's own failure:
+            # no step failed, and without this the summary could not say why.
+            run_errors.append(one_line(failure_reason(_error_of(event))))
         if event.event_type_value == "ASSET_MATERIALIZATION":
             mat = data.materialization
             materialized[mat.asset_key.to_user_string()] = _metadata(mat.metadata)
@@ -150,6 +171,8 @@ def run_summary(instance: dg.DagsterInstance, run_id: str) -> tuple[bool, list[s
     raw = materialized.get("raw_customers")
     if raw is not None:
         lines.append(f"  records fetched: {raw.get('records')} ({raw.get('source')})")
+        if raw.get("new_source_columns") or raw.get("vanished_source_columns"):
+            lines.append(f"  {describe_column_changes(raw)}")
     elif "raw_customers" in observed:
         lines.append(f"  records fetched: 0 ({observed['raw_customers'].get('status')})")
     clean = materialized.get("clean_features")
@@ -190,6 +213,9 @@ def run_summary(instance: dg.DagsterInstance, run_id: str) -> tuple[bool, list[s
         if check is not None and not check.passed and step.endswith("_deployment_gate"):
             continue  # the gate line above already says why, rule by rule
         lines.append(f"  failed at {step}: {reason}")
+    if not success and not failures and run_errors:
+        # The first is the cause (a resource's error); the run's failure only wraps it.
+        lines.append(f"  failed at start-up: {fault_in_text(run_errors[0]) or run_errors[0]}")
     return success, lines
 
 

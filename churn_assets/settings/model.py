@@ -302,6 +302,35 @@ class Settings(StrictModel):
             return self.model_card.intended_use.strip()
         return INTENDED_USE.get(self.spec, NEUTRAL_INTENDED_USE.format(spec=self.feature_spec().name))
 
+    def named_variables(self) -> list[tuple[str, str, str]]:
+        """(dotted key, variable, what it must hold) of every environment variable a run
+        of these settings reads: the secrets the file names instead of holding them."""
+        named = []
+        if self.source.kind == "http":
+            named.append(("source.token_env", self.source.token_env, "the customer API's bearer token"))
+        if self.source.kind == "sql" and self.source.url_env:
+            named.append(("source.url_env", self.source.url_env, "the source database's URL"))
+        if self.scores.sql_url_env:
+            named.append(("scores.sql_url_env", self.scores.sql_url_env,
+                          "the URL of the database the risk list is written to"))
+        if self.dagster.postgres_url_env:
+            named.append(("dagster.postgres_url_env", self.dagster.postgres_url_env,
+                          "the PostgreSQL URL of the Dagster instance"))
+        if self.dagster.executor == "celery":
+            named.append(("dagster.celery_broker_env", self.dagster.celery_broker_env, "the Celery broker's URL"))
+            if self.dagster.celery_backend_env:
+                named.append(("dagster.celery_backend_env", self.dagster.celery_backend_env,
+                              "the Celery results backend's URL"))
+        return named
+
+    def unset_variables(self, environ=None) -> list[str]:
+        """One line per variable of ``named_variables`` that is unset or empty in
+        ``environ`` (default ``os.environ``): a run would fail on each, some only after
+        the model was deployed, so commands check them before doing any work."""
+        env = os.environ if environ is None else environ
+        return [f"{key}: the environment variable {variable} is not set; it must hold {what}"
+                for key, variable, what in self.named_variables() if not env.get(variable)]
+
     def with_rules(self, rules) -> Settings:
         """A copy with other gate rules (``GateRule`` objects)."""
         return self.model_copy(update={"gate": GateSettings(rules=[

@@ -11,6 +11,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
+from churn_assets.core.redaction import has_credentials
 from churn_assets.settings.base import StrictModel
 
 
@@ -19,14 +20,14 @@ class SimulatorSourceSettings(StrictModel):
 
     kind: Literal["simulator"] = "simulator"
     n_customers: int = Field(3000, ge=10, le=50_000_000)
-    start_date: dt.date = dt.date(2026, 1, 5)
+    start_date: dt.date = Field(dt.date(2026, 1, 5), strict=False)
     seed: int = 7
     # Default "today" of the data; a run's `as_of` run config overrides it.
-    as_of: dt.date | None = None
+    as_of: dt.date | None = Field(None, strict=False)
     # A named scenario (sources.simulation.SCENARIOS) from `scenario_start` on: what the
     # loop must survive, for backtests and demos. "stable": the slow drift alone.
     scenario: Literal["stable", "concept_shift", "new_category", "missing_feature"] = "stable"
-    scenario_start: dt.date = dt.date(2026, 7, 6)
+    scenario_start: dt.date = Field(dt.date(2026, 7, 6), strict=False)
 
 
 class FileSourceSettings(StrictModel):
@@ -35,10 +36,10 @@ class FileSourceSettings(StrictModel):
     kind: Literal["file"]
     path: str
     snapshot_weeks: int = Field(0, ge=0, le=520)
-    snapshot_end: dt.date = dt.date(2026, 1, 5)
+    snapshot_end: dt.date = Field(dt.date(2026, 1, 5), strict=False)
     # The data's "today": labels of snapshots within the label horizon before it are
     # provisional. Empty: the latest snapshot in the export.
-    as_of: dt.date | None = None
+    as_of: dt.date | None = Field(None, strict=False)
 
 
 class HttpSourceSettings(StrictModel):
@@ -59,11 +60,13 @@ class HttpSourceSettings(StrictModel):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
+        # Neither message quotes the value: the loader adds it, masked (it may hold the
+        # very secret that is refused here).
         if not re.match(r"^https?://[^\s/]+", value):
-            raise ValueError(f"must be an http:// or https:// URL, not {value!r}")
-        if re.match(r"^https?://[^/@\s]*:[^/@\s]*@", value):
-            raise ValueError("must not carry a password; put the token in the variable"
-                             " that source.token_env names")
+            raise ValueError("must be an http:// or https:// URL")
+        if has_credentials(value):
+            raise ValueError("must not carry credentials (user:password@ or token@); put the"
+                             " token in the variable that source.token_env names")
         return value.rstrip("/")
 
 
@@ -78,7 +81,7 @@ class SqlSourceSettings(StrictModel):
     query: str | None = None
     updated_at_column: str = ""
     chunk_size: int = Field(50_000, ge=1)
-    as_of: dt.date | None = None
+    as_of: dt.date | None = Field(None, strict=False)
 
     @model_validator(mode="after")
     def _one_of_each(self):

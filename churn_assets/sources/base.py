@@ -64,6 +64,60 @@ def parse_updated_at(frame: pd.DataFrame, column: str, where: str) -> pd.DataFra
     return frame
 
 
+def spec_columns(spec: FeatureSpec) -> list[str]:
+    """Every column a record must have for ``spec``: keys, target, features."""
+    return [*spec.key_columns, spec.target_column, *spec.feature_columns]
+
+
+def expected_columns(spec: FeatureSpec, source: CustomerSource) -> set[str]:
+    """The columns a batch of ``source`` is expected to have: the spec's and the watermark
+    column, whatever the source calls it (anything else is a column no model uses)."""
+    return {*spec_columns(spec), spec.updated_at_column or "updated_at",
+            getattr(source, "updated_at_column", "") or "updated_at"}
+
+
+def missing_spec_columns(spec: FeatureSpec, columns) -> list[str]:
+    """The columns of ``spec`` (``spec_columns``) that are not in ``columns``, in spec order."""
+    present = set(columns)
+    return [c for c in spec_columns(spec) if c not in present]
+
+
+def column_changes(batch_columns: list[str], expected: set[str], stored_columns: list[str]) -> dict:
+    """How a batch's columns differ from the ``expected`` ones (the spec's and the
+    watermark column) and from the ones the history stores; lists in batch order.
+
+    ``source_columns_not_in_spec``: sent by the source, used by no model.
+    ``new_source_columns``: not in the history (with no history yet: not expected).
+    ``vanished_source_columns``: in the history, missing from the batch (stored as
+    missing values; a spec column among them fails validation by name).
+    ``source_columns_not_stored``: new and not in the spec, while the history exists:
+    its columns were fixed by its first batch, so these stay in the landed batch only.
+    """
+    unused = [c for c in batch_columns if c not in expected]
+    if not stored_columns:
+        return {"source_columns_not_in_spec": unused, "new_source_columns": unused,
+                "vanished_source_columns": [], "source_columns_not_stored": []}
+    stored, sent = set(stored_columns), set(batch_columns)
+    new = [c for c in batch_columns if c not in stored]
+    return {"source_columns_not_in_spec": unused, "new_source_columns": new,
+            "vanished_source_columns": [c for c in stored_columns if c not in sent],
+            "source_columns_not_stored": [c for c in new if c not in expected]}
+
+
+def describe_column_changes(changes: dict) -> str:
+    """One line: the new and vanished source columns, and what happens to the new ones."""
+    parts = []
+    if changes.get("new_source_columns"):
+        unused, dropped = set(changes["source_columns_not_in_spec"]), set(changes["source_columns_not_stored"])
+        parts.append("new " + ", ".join(
+            c + (" (not in the feature spec: kept in the landed batch, not in the history)" if c in dropped else
+                 " (not in the feature spec: stored, not used)" if c in unused else "")
+            for c in changes["new_source_columns"]))
+    if changes.get("vanished_source_columns"):
+        parts.append("vanished " + ", ".join(changes["vanished_source_columns"]))
+    return "source columns changed: " + "; ".join(parts)
+
+
 def next_watermark(records: pd.DataFrame, column: str, previous: str | None) -> str | None:
     """The newest ``column`` value of a fetched batch (ISO 8601), or ``previous`` if empty."""
     return records[column].max().isoformat() if len(records) else previous
@@ -88,6 +142,12 @@ class CustomerSource(BaseModel):
         cheaper question (a count query, a count endpoint) than a whole fetch."""
         batch = self.fetch(spec, watermark)
         return NewRecords(len(batch.records), batch.watermark if len(batch.records) else None)
+
+    def sample(self, spec: FeatureSpec, rows: int = 5) -> pd.DataFrame | None:
+        """A few records as ``fetch`` would deliver them (for their columns), read as
+        cheaply as the source allows: a few rows of a file, a LIMIT query, an API's first
+        page. None where there is no cheap way. Raises ``SourceError`` like ``fetch``."""
+        return None
 
     def describe(self) -> str:
         return type(self).__name__

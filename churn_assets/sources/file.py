@@ -6,6 +6,8 @@ import glob
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
+from pyarrow import ArrowException
 
 from churn_assets.core.spec import FeatureSpec
 from churn_assets.sources.base import CustomerSource, SourceBatch, SourceError
@@ -37,18 +39,25 @@ class FileSource(CustomerSource):
             raise SourceError(f"file source: nothing matches {self.path!r} (from {Path.cwd()})")
         return files
 
-    def fetch(self, spec: FeatureSpec, watermark: str | None,
-              as_of: pd.Timestamp | None = None) -> SourceBatch:
-        frames = []
-        for path in self._files():
-            try:
-                if path.suffix.lower() in (".parquet", ".pq"):
-                    frames.append(pd.read_parquet(path))
-                else:
-                    frames.append(pd.read_csv(path, dtype={spec.id_column: str}))
-            except (OSError, ValueError) as exc:
-                raise SourceError(f"file source: cannot read {path}: {exc}") from exc
-        records = pd.concat(frames, ignore_index=True)
+    @staticmethod
+    def _read(path: Path, spec: FeatureSpec, rows: int | None = None) -> pd.DataFrame:
+        """The file's records (its first ``rows`` only, if given)."""
+        try:
+            if path.suffix.lower() in (".parquet", ".pq"):
+                if rows is None:
+                    return pd.read_parquet(path)
+                parquet = pq.ParquetFile(path)
+                first = next(parquet.iter_batches(batch_size=rows), None)
+                return parquet.schema_arrow.empty_table().to_pandas() if first is None else first.to_pandas()
+            return pd.read_csv(path, dtype={spec.id_column: str}, nrows=rows)
+        except (OSError, ValueError, ArrowException) as exc:
+            raise SourceError(f"file source: cannot read {path}: {exc}") from exc
+
+    def sample(self, spec: FeatureSpec, rows: int = 5) -> pd.DataFrame:
+        return self._with_snapshots(self._read(self._files()[0], spec, rows), spec)
+
+    def _with_snapshots(self, records: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+        """``records`` with a snapshot column from row order when ``snapshot_weeks`` asks."""
         if self.snapshot_weeks > 0:
             if spec.timestamp_column in records.columns:
                 raise SourceError(
@@ -58,6 +67,12 @@ class FileSource(CustomerSource):
             week = (pd.RangeIndex(len(records)) * self.snapshot_weeks) // max(len(records), 1)
             offsets = pd.to_timedelta((self.snapshot_weeks - 1 - week) * 7, unit="D")
             records[spec.timestamp_column] = end - offsets
+        return records
+
+    def fetch(self, spec: FeatureSpec, watermark: str | None,
+              as_of: pd.Timestamp | None = None) -> SourceBatch:
+        records = self._with_snapshots(
+            pd.concat([self._read(path, spec) for path in self._files()], ignore_index=True), spec)
         stamps = pd.to_datetime(records.get(spec.timestamp_column), errors="coerce", format="mixed")
         if as_of is None and self.as_of:
             as_of = pd.Timestamp(self.as_of)

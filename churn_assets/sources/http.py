@@ -13,7 +13,7 @@ The token is read from the environment variable ``token_env`` names when a sessi
 opens (so a rotated token is picked up by the next run) and never put in a message, log
 or repr. Credentials in ``base_url`` itself (``https://user:password@host``) are refused
 when the source is built, and every description and error message is passed through
-``sources.redaction.redact`` as well (``token=`` / ``password=`` query values), so a
+``core.redaction.redact`` as well (``token=`` / ``password=`` query values), so a
 secret in the URL cannot reach the history's state.json, run metadata or an alert.
 """
 
@@ -33,7 +33,7 @@ from urllib3.util.retry import Retry
 from churn_assets.sources.base import (CustomerSource, NewRecords, SourceBatch, SourceError,
                                   TransientSourceError, next_watermark, parse_updated_at)
 from churn_assets.core.spec import FeatureSpec
-from churn_assets.sources.redaction import has_credentials, redact
+from churn_assets.core.redaction import has_credentials, redact
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 API_PREFIX = "/v1/customers"
@@ -236,6 +236,14 @@ class HttpSource(CustomerSource):
                              pd.Timestamp.now(tz="UTC").tz_localize(None))
         return SourceBatch(records, new_mark, stamp,
                            f"http: {redact(self.base_url)}, {len(records)} records in {pages} pages")
+
+    def sample(self, spec: FeatureSpec, rows: int = 5) -> pd.DataFrame:
+        """The first page of ``rows`` records, asked once: no retries, so a check of the
+        configuration against an API that is down answers in seconds, not minutes."""
+        once = self.model_copy(update={"max_retries": 0, "read_retries": 0, "page_size": rows})
+        with once.session() as session:
+            frame, _ = next(once.iter_pages(spec, None, session))
+        return frame
 
     def count_new(self, spec: FeatureSpec, watermark: str | None) -> NewRecords:
         params = {"updated_since": pd.Timestamp(watermark).isoformat()} if watermark else {}

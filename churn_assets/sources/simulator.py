@@ -50,6 +50,12 @@ class SimulatorSource(CustomerSource):
         return SourceBatch(records, new_mark, as_of,
                            f"simulator: {self.n_customers} customers, as of {as_of.date()}")
 
+    def sample(self, spec: FeatureSpec, rows: int = 5) -> pd.DataFrame:
+        # The first simulated week of a small base: the columns do not depend on its size.
+        small = SimulatorSettings(n_customers=max(rows, 10), start_date=self.start_date, seed=self.seed,
+                                  horizon_days=spec.label_horizon_days or 28)
+        return simulate(small, pd.Timestamp(self.start_date)).head(rows)
+
     def describe(self) -> str:
         scenario = "" if self.scenario == "stable" else f", scenario={self.scenario} from {self.scenario_start}"
         return (f"simulator (n_customers={self.n_customers}, seed={self.seed}, as_of={self.as_of or 'today'}"

@@ -140,6 +140,17 @@ class SqlSource(CustomerSource):
         return SourceBatch(records, new_mark, as_of,
                            f"{self.describe()}: {len(records)} records in {len(chunks)} chunks")
 
+    def sample(self, spec: FeatureSpec, rows: int = 5) -> pd.DataFrame:
+        """The first ``rows`` rows of the table or query (a LIMIT query)."""
+        engine = self._engine()
+        try:
+            with self._errors("sample"), engine.connect() as conn:
+                source, _ = self._source(engine, self._column_name(spec))
+                stmt = sa.select(sa.text("*") if self.query else source).select_from(source).limit(rows)
+                return pd.read_sql(stmt, conn)
+        finally:
+            engine.dispose()
+
     def count_new(self, spec: FeatureSpec, watermark: str | None) -> NewRecords:
         column = self._column_name(spec)
         engine = self._engine()

@@ -126,6 +126,12 @@ class CustomerHistory:
                                        filesystem=self._filesystem)
             return self._read(since, until, columns)
 
+    def columns(self) -> list[str]:
+        """The columns the history stores (its newest week file's, from the Parquet footer;
+        no data is read); empty when nothing is stored."""
+        schema = self._schema()
+        return [] if schema is None else [name for name in schema.names if not name.startswith("__index")]
+
     def total_rows(self) -> int:
         """Row count from the week files' Parquet footers (no data is read)."""
         return sum(pq.read_metadata(self._arrow_path(w), filesystem=self._filesystem).num_rows

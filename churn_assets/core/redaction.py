@@ -3,7 +3,9 @@
 ``redact`` masks ``scheme://user:password@host`` (to ``scheme://user:***@host``), a bare
 ``scheme://token@host``, and the values of secret-looking query parameters
 (``token=``, ``password=``, ``api_key=`` ...). It works on any text, not only on a
-lone URL, because the URL usually arrives inside an error message.
+lone URL, because the URL usually arrives inside an error message. It lives in core
+because every layer that writes text a user may see (settings errors, sources, Dagster
+metadata and alerts) needs the same rule.
 """
 
 from __future__ import annotations

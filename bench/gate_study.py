@@ -12,6 +12,7 @@ a weekly loop) and the recent versions, on a holdout where most customers appear
 both weeks, with customer-grouped inference. Two sabotaged challengers are trained on
 the same weeks with part of the signal destroyed in every training row (the columns
 shuffled across rows: what a broken export column does): "mild" (support tickets),
+"borderline" (tenure, support tickets and plan: about the 0.02 a gate must catch),
 "moderate" (sessions) and "severe" (sessions, orders and support tickets).
 
 The truth of each comparison is what the deployed fits then did: the mean ROC AUC of the
@@ -54,7 +55,8 @@ from churn_assets.core.validation import validate_records  # noqa: E402
 from churn_assets.health.production import week_start  # noqa: E402
 from churn_assets.sources.simulation import SimulatorSettings, simulate  # noqa: E402
 
-SABOTAGE = {"mild": ["support_tickets_last_90d"], "moderate": ["sessions_last_30d"],
+SABOTAGE = {"mild": ["support_tickets_last_90d"], "borderline": ["tenure_days", "support_tickets_last_90d", "plan"],
+            "moderate": ["sessions_last_30d"],
             "severe": ["sessions_last_30d", "orders_last_30d", "support_tickets_last_90d"]}
 FLOORS = [GateRule("roc_auc", floor=0.70), GateRule("pr_auc", floor=0.20)]
 
@@ -181,7 +183,8 @@ def report(rows: list[dict], not_worse: float, worse: float) -> str:
         mine = [r for r in rows if r["customers"] == customers]
         drops = {kind: [r["truth_delta"] for r in mine if r["kind"] == kind and r["truth_delta"] is not None]
                  for kind in ("honest", *SABOTAGE)}
-        lines.append(f"\n{customers} customers ({mine[0]['holdout_rows']} holdout rows in the first week);"
+        seeds = sorted({r["seed"] for r in mine})
+        lines.append(f"\n{customers} customers, seeds {seeds} ({mine[0]['holdout_rows']} holdout rows in the first week);"
                      " realized challenger - champion: " + ", ".join(
                          f"{k} mean {np.mean(v):+.4f} (min {min(v):+.4f})" for k, v in drops.items() if v))
         lines += ["", "| rules (plus floors) | honest, not worse, refused | sabotaged, >= "
@@ -202,11 +205,11 @@ def main() -> None:
     parser.add_argument("--not-worse", type=float, default=0.005)
     parser.add_argument("--worse", type=float, default=0.02)
     parser.add_argument("--json", help="write every comparison here")
-    parser.add_argument("--rules-only", help="judge the comparisons stored in this JSON instead")
+    parser.add_argument("--rules-only", nargs="+", help="judge the comparisons stored in these JSON files instead")
     args = parser.parse_args()
     started = time.perf_counter()
     if args.rules_only:
-        rows = json.loads(Path(args.rules_only).read_text())["rows"]
+        rows = [row for path in args.rules_only for row in json.loads(Path(path).read_text())["rows"]]
     else:
         rows = []
         for customers in args.customers:

@@ -47,10 +47,13 @@ def test_info_shows_the_window_each_gate_rule_and_the_schedule(tmp_path):
     env = dict(os.environ, CHURN_ASSETS_HOME=str(tmp_path))
     env.pop("CHURN_ASSETS_CONFIG", None)
     out = subprocess.run([CLI, "info"], env=env, capture_output=True, text=True, timeout=60).stdout
-    assert "window: 12 training weeks (the newest 2 for validation), then 2 holdout weeks" in out
+    assert ("window: the evaluated fit learns 10 weeks ending 28 days before 2 validation weeks, then 2 holdout"
+            " weeks; the deployed fit learns the newest 10 weeks with final labels") in out
     assert ("ROC AUC >= 0.7, and not clearly lower than the champion's by more than 0.0025"
             " (noninferiority at 95%)") in out
-    assert "Brier score <= 0.25, and not higher than the champion's by more than 0.005 (as measured)" in out
+    assert ("ROC AUC: not clearly lower than the best of the recent versions' by more than 0.01"
+            " (noninferiority at 95%)") in out
+    assert "Brier skill (share of the base rate's Brier score removed) >= 0" in out
     assert "schedule: weekly_refresh, cron 0 3 * * 1 (UTC)" in out
 
 

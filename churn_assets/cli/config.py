@@ -98,8 +98,10 @@ def info_lines(settings) -> list[str]:
         f"feature spec: {spec.name} ({len(spec.feature_columns)} features, label horizon"
         f" {spec.label_horizon_days} days)",
         f"source: {settings.source.kind}" + (f" ({source})" if source else ""),
-        f"window: {window.training_window_weeks} training weeks (the newest {window.validation_weeks} for"
-        f" validation), then {window.holdout_weeks} holdout weeks",
+        f"window: the evaluated fit learns {window.training_window_weeks - window.validation_weeks} weeks ending"
+        f" {spec.label_horizon_days} days before {window.validation_weeks} validation weeks, then"
+        f" {window.holdout_weeks} holdout weeks; the deployed fit learns the newest"
+        f" {window.training_window_weeks - window.validation_weeks} weeks with final labels",
         "gate rules (a challenger must pass every one to replace production):",
         *[f"  {rule_text(rule)}" for rule in settings.gate_rules],
         f"schedule: weekly_refresh, cron {settings.schedule.cron} ({settings.schedule.timezone})",

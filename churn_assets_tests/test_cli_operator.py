@@ -166,7 +166,7 @@ def test_a_refused_challenger_names_the_version_that_stays(churn_env, capsys):  
     assert run_cli(capsys, "materialize", "--as-of", FIRST_WEEK, *FAST)[0] == 0
     # A gate that demands a large improvement over the champion: the next challenger is refused.
     config.write_text(config.read_text() + '\n[[gate.rules]]\nmetric = "roc_auc"\nfloor = 0.5\n'
-                                           'max_regression = -0.2\n')
+                                           'max_regression = -0.2\nmode = "point"\n')
     code, out, err = run_cli(capsys, "materialize", "--as-of", NEXT_WEEK, *FAST)
     assert code == 4, out + err
     reason = err.strip().splitlines()[-1]

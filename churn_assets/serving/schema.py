@@ -202,8 +202,8 @@ class RecordSchema:
         if decoded is None:
             return None
         keys, ids, matrix, categories = decoded
-        if len(ids) > self.max_batch:
-            raise RequestRejected(413, [problem(None, BATCH_KEY, f"{len(ids)} records; at most"
+        if len(ids) > self.max_batch:  # 422, as the row-by-row reading answers: the schema's maxItems
+            raise RequestRejected(422, [problem(None, BATCH_KEY, f"{len(ids)} records; at most"
                                                 f" {self.max_batch} per request")])
         if byte_count(body, b":") > keys:  # the decoder keeps the last of duplicate keys silently
             _reject_duplicate_keys(body, True)

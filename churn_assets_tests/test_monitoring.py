@@ -7,6 +7,7 @@ Dagster instance for the sensor's "refresh in progress" guard.
 from __future__ import annotations
 
 import json
+import math
 
 import dagster as dg
 import numpy as np
@@ -177,6 +178,10 @@ def test_decay_is_recorded_alerted_and_refreshed_once_estimates_get_their_realiz
             and r["realized_roc_auc"] is not None}
     assert {"2026-05-04", "2026-05-11"} <= set(both)
     assert all(r["version"] == "v0001" for r in both.values())
+    # The newest matured week was served with probabilities the coin-flip labels make far
+    # worse calibrated than chance explains: the open weeks get no trusted estimate.
+    assert meta["estimate"].startswith("no reliable estimate") and math.isnan(meta["estimated_roc_auc"])
+    assert "miscalibrated" in meta["calibration_newest_matured_week"]
 
     instance = dg.DagsterInstance.ephemeral()
     # A refresh about to start: the sensor waits and keeps the alarm for later.

@@ -72,15 +72,19 @@ def _residuals(log: HealthLog) -> list[tuple[float, float]]:
     return out
 
 
-def _calibration_check(log: HealthLog, version: str, weeks: set[str]) -> dict | None:
-    """Is the production model calibrated on its newest matured served weeks? ECE of the
-    newest such week against what a calibrated model shows on as many rows (recorded
-    with each realized week); None before any such week."""
-    mine = sorted((r for (v, w), r in log.keyed("realized").items() if v == version and w in weeks),
-                  key=lambda r: r["week"])
-    if not mine or mine[-1].get("ece_noise_p95") is None:
+def _calibration_check(log: HealthLog) -> dict | None:
+    """Were the probabilities served on the newest matured week calibrated? That week's
+    ECE, by the model that served it, against what a calibrated model shows on as many
+    rows (recorded with each realized week); None before any such week. A weekly loop
+    replaces its model before any week it served matures, so the question is asked of
+    the week, not of the version."""
+    realized = log.keyed("realized")
+    served = [realized.get((r["version"], r["week"])) for r in log.served_weeks()]
+    served = sorted((r for r in served if r and r.get("ece_noise_p95") is not None and r.get("ece") is not None),
+                    key=lambda r: r["week"])
+    if not served:
         return None
-    newest = mine[-1]
+    newest = served[-1]
     return {"week": newest["week"], "ece": newest["ece"], "noise_p95": newest["ece_noise_p95"],
             "reliable": bool(newest["ece"] <= newest["ece_noise_p95"])}
 
@@ -174,7 +178,7 @@ def model_health(context: dg.AssetExecutionContext, clean_features: ModelingFram
     newest = max(open_weeks) if open_weeks else None
     wanted = sorted(w for w in open_weeks if w not in seen or (w == newest and (version, w) not in estimates))
     residuals = _residuals(log)
-    calibrated = _calibration_check(log, version, served_weeks)
+    calibrated = _calibration_check(log)
     estimated = []
     for week in wanted:
         rows = rows_of([week])

@@ -147,6 +147,7 @@ def replay(records: pd.DataFrame, spec: FeatureSpec, plan: BacktestPlan, data_as
     policies = {name: _Policy(name) for name in POLICIES}
     versions: list[_Version] = []
     weeks, version_rows, estimates = [], [], []
+    served_by: dict[str, _Version] = {}  # week -> the gate policy's model that served it
     started = time.perf_counter()
     for as_of in plan.as_of_dates():
         tick = time.perf_counter()
@@ -201,7 +202,8 @@ def replay(records: pd.DataFrame, spec: FeatureSpec, plan: BacktestPlan, data_as
         # The label-free estimate of the week production serves next, as model_health
         # would publish it, and the truth once that week's labels are final.
         if production is not None:
-            estimate = _estimate(looker, known, spec, production, as_of, plan, estimates)
+            served_by[_monday(as_of)] = production
+            estimate = _estimate(looker, known, spec, production, as_of, plan, estimates, served_by)
             row.update(estimate)
         for policy in policies.values():
             _decay_alarm(looker, policy, as_of, spec, plan)
@@ -229,7 +231,7 @@ def _deploy(policy: _Policy, version: _Version) -> None:
 
 
 def _estimate(looker: _Looker, known: pd.DataFrame, spec: FeatureSpec, production: _Version,
-              as_of: pd.Timestamp, plan: BacktestPlan, history: list[dict]) -> dict:
+              as_of: pd.Timestamp, plan: BacktestPlan, history: list[dict], served_by: dict) -> dict:
     week = _monday(as_of)
     rows = known[week_start(known[spec.timestamp_column]).to_numpy() == week]
     if rows.empty:
@@ -240,10 +242,14 @@ def _estimate(looker: _Looker, known: pd.DataFrame, spec: FeatureSpec, productio
             and h.get("realized") is not None]
     estimate = estimate_week(production.predictor, rows, n_draws=plan.estimate_draws, seed=0,
                              residuals=[(h["realized"] - h["estimated"], h["half_width"]) for h in past])
-    # As model_health does: no trusted estimate from a model whose newest matured served
-    # week is miscalibrated beyond what chance explains.
-    matured = _matured_served(looker, production, cutoff)
-    reliable = True if not matured else calibration_verdict(matured[-1][0], matured[-1][1])["reliable"]
+    # As model_health does: no trusted estimate while the newest matured week was served
+    # miscalibrated beyond what chance explains (by whichever model served it).
+    matured = [w for w in served_by if pd.Timestamp(w) + pd.Timedelta(days=6) <= cutoff]
+    reliable = True
+    if matured:
+        newest = max(matured)
+        got = looker.scored(served_by[newest].name, served_by[newest].predictor, newest)
+        reliable = True if got is None else calibration_verdict(got[0], got[1])["reliable"]
     realized = looker.auc(production.name, production.predictor, week)
     scored = looker.scored(production.name, production.predictor, week)
     served = {} if scored is None else calibration_verdict(scored[0], scored[1])

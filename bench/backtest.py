@@ -64,10 +64,18 @@ def fmt(value, digits=4) -> str:
     return "-" if value is None else f"{value:+.{digits}f}" if digits == 4 and value < 0.5 else f"{value:.{digits}f}"
 
 
+def _reliable(summary: dict) -> str:
+    """Coverage over the weeks model_health would have shown a number for (older runs lack it)."""
+    if summary.get("reliable_estimate_weeks") is None:
+        return "-"
+    coverage = summary.get("reliable_estimate_coverage")
+    return f"{'-' if coverage is None else f'{coverage:.2f}'} ({summary['reliable_estimate_weeks']})"
+
+
 def table(cells: list[dict]) -> str:
     lines = ["| scenario | families | seed | prior shift | gate | always deploy | never retrain | deploys (gate)"
-             " | holdout bias mean / max | estimate coverage | estimate MAE | served ECE | decay alarms / model-year"
-             " | s |", "|" + "---|" * 14]
+             " | holdout bias mean / max | estimate coverage (weeks) | reliable estimates: coverage (weeks)"
+             " | estimate MAE | served ECE | decay alarms / model-year | s |", "|" + "---|" * 15]
     for c in cells:
         p, s = c["policies"], c["summary"]
         bias = "; ".join(f"{f[:3]} {b['mean']:+.4f} / {b['max']:+.4f}" for f, b in s["holdout_bias"].items()
@@ -76,7 +84,7 @@ def table(cells: list[dict]) -> str:
             f"| {c['scenario']} | {c['families']} | {c['seed']} | {'yes' if c['prior_shift'] else 'no'} |"
             f" {p['gate']['mean_realized_roc_auc']:.4f} | {p['always_deploy']['mean_realized_roc_auc']:.4f} |"
             f" {p['never_retrain']['mean_realized_roc_auc']:.4f} | {p['gate']['deploys']} | {bias} |"
-            f" {s['estimate_coverage']:.2f} ({s['estimated_weeks']}) | {s['estimate_mae']:.4f} |"
+            f" {s['estimate_coverage']:.2f} ({s['estimated_weeks']}) | {_reliable(s)} | {s['estimate_mae']:.4f} |"
             f" {s.get('served_ece') or float('nan'):.4f} | {p['gate']['decay_alarms_per_model_year']:.1f} |"
             f" {c['seconds']:.0f} |")
     recovered = [c for c in cells if c["summary"].get("recovery")]

@@ -46,8 +46,8 @@ def cmd_backtest(ns: argparse.Namespace) -> int:
     print(f"backtest {ns.start} .. {ns.end}: {len(result['weeks'])} weeks in {s['seconds']} s")
     for name, row in p.items():
         mean = "-" if row["mean_realized_roc_auc"] is None else f"{row['mean_realized_roc_auc']:.4f}"
-        print(f"  {name:<14} mean realized ROC AUC {mean}, {row['deploys']} deploys,"
-              f" {row['decay_alarms']} decay alarms")
+        print(f"  {name:<14} mean realized ROC AUC {mean}, {_count(row['deploys'], 'deploy')},"
+              f" {_count(row['decay_alarms'], 'decay alarm')}")
     for family, bias in s["holdout_bias"].items():
         if bias["mean"] is not None:
             print(f"  holdout bias ({family}): mean {bias['mean']:+.4f}, max {bias['max']:+.4f}")
@@ -74,3 +74,7 @@ def add_commands(sub) -> None:
     p.add_argument("--report", metavar="PATH.md", help="write a markdown report, its plots beside it")
     p.add_argument("--quiet", action="store_true", help="no progress line per week on stderr")
     p.set_defaults(func=cmd_backtest)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

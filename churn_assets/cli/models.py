@@ -74,16 +74,11 @@ def _report_production_to_dagster(settings, pointer: dict, action: str, risk_lis
     production, its pin and the state of the risk list."""
     import dagster as dg
 
-    from churn_assets.storage.pointer import pin_text
-
-    from churn_assets.defs.reporting import card_text, inline_images, stored_plots
-    from churn_assets.storage.pointer import production_status
-
-    from churn_assets.storage.registry import RegistryError
-
     from churn_assets.core.markdown import md_table
     from churn_assets.defs.history_text import history_rows
-    from churn_assets.defs.reporting import registry_history
+    from churn_assets.defs.reporting import card_text, inline_images, registry_history, stored_plots
+    from churn_assets.storage.pointer import pin_text, production_status
+    from churn_assets.storage.registry import RegistryError
 
     try:
         registry = _registry()

@@ -11,7 +11,7 @@ from churn_assets.core.training import ModelingFrames
 from churn_assets.defs import reporting
 from churn_assets.defs.resources import ChurnStorage, DeploymentGateRules, TrainingPlan
 from churn_assets.health.plots import png_markdown
-from churn_assets.storage.pointer import held_reason, pin_of
+from churn_assets.storage.pointer import pin_of
 from churn_assets.storage.registry import REPAIR_HINT, RegistryError
 
 PLOT_TITLES = {"roc_pr": "ROC and precision-recall, challenger vs champion",
@@ -110,10 +110,11 @@ def evaluation_report(context: dg.AssetExecutionContext, clean_features: Modelin
     # trend chart and words the page's first line.
     verdict = reporting.gate_verdict(report, gate_rules.gate_rules())
     prospective = registry.next_version()
+    held = bool(pin_of(registry.production_pointer()))  # a passing challenger waits for `unpin`
     as_of = report.data_window.get("as_of") if isinstance(report.data_window, dict) else None
     trend = reporting.trend_points(registry, current={
-        "version": "this run", "roc_auc": measured.challenger["roc_auc"], "deployed": verdict.passed,
-        "as_of": as_of,
+        "version": "this run", "roc_auc": measured.challenger["roc_auc"], "deployed": verdict.passed and not held,
+        "held": held, "as_of": as_of,
         "champion_roc_auc": None if measured.champion is None else measured.champion["roc_auc"]})
     compared = measured.compared_mask
     rows = slice(None) if compared is None else compared
@@ -127,10 +128,9 @@ def evaluation_report(context: dg.AssetExecutionContext, clean_features: Modelin
                      + ("" if measured.champion is None else
                         f" vs champion {production.version} {measured.champion['roc_auc']:.4f}"
                         f" on {measured.compared_rows} rows clear of both"))
-    pointer = registry.production_pointer()
     summary = reporting.summary_line(
         churn_model.family, prospective, report.champion_version, verdict, measured.comparisons,
-        measured.best_recent, held=held_reason(pointer) if pin_of(pointer) else None,
+        measured.best_recent, held=held,
         identical=production is not None and production.manifest.get("fingerprint") == churn_model.fingerprint)
     metadata = {
         "summary": dg.MetadataValue.md(f"**{summary}**"),

@@ -183,13 +183,13 @@ def format_history(history: dict) -> str:
 
 
 def _roc_cell(d: dict) -> str:
-    """"0.8123 (95% CI 0.7954 to 0.8292)": the holdout ROC AUC with its own interval
-    (normal, from the DeLong standard error) where the version recorded one."""
+    """"0.8123 [0.7954, 0.8292]": the holdout ROC AUC with its own 95% interval (normal,
+    from the DeLong standard error) where the version recorded one."""
     value, se = d.get("roc_auc"), d.get("roc_auc_se")
     if not _finite(value):
         return "-"
     if _finite(se):
-        return f"{value:.4f} (95% CI {value - 1.96 * se:.4f} to {min(1.0, value + 1.96 * se):.4f})"
+        return f"{value:.4f} [{value - 1.96 * se:.4f}, {min(1.0, value + 1.96 * se):.4f}]"
     return f"{value:.4f}"
 
 
@@ -208,6 +208,12 @@ def _verdict_cell(d: dict) -> str:
         f"not recorded (champion {champion})")
 
 
+def _unbroken(date) -> str:
+    """A date whose hyphens do not wrap (U+2011): table columns are narrow in the UI,
+    and "2026-" over "05-04" reads badly."""
+    return str(date).replace("-", "\u2011") if date else "?"
+
+
 def history_rows(history: dict) -> list[dict]:
     """``registry_history`` as table rows, oldest first: each version (with its production
     changes: promoted, rolled back to or from, pinned, unpinned; when and by whom) and each
@@ -222,14 +228,14 @@ def history_rows(history: dict) -> list[dict]:
     for v in history.get("versions") or []:
         mark = " (production" + (", pinned)" if history.get("pinned") else ")") if v.get("production") else ""
         timed.append((str(v.get("registered_at") or ""), {
-            "version": f"**{v['version']}**{mark}", "data as of": v.get("as_of") or "?",
-            "family": v.get("model_family") or "?", "ROC AUC": _roc_cell(v), "verdict": _verdict_cell(v),
+            "version": f"**{v['version']}**{mark}", "data as of": _unbroken(v.get("as_of")),
+            "family": v.get("model_family") or "?", "ROC AUC [95% CI]": _roc_cell(v), "verdict": _verdict_cell(v),
             "production changes (when, by whom)": "; ".join(changes.get(v["version"], [])) or "never promoted"}))
     for c in history.get("candidates") or []:
         kind = "held" if c.get("held") else "refused"
         timed.append((str(c.get("recorded_at") or ""), {
-            "version": f"- ({kind}, run {str(c.get('run_id'))[:8]})", "data as of": c.get("as_of") or "?",
-            "family": c.get("model_family") or "?", "ROC AUC": _roc_cell(c), "verdict": _verdict_cell(c),
+            "version": f"- ({kind}, run {str(c.get('run_id'))[:8]})", "data as of": _unbroken(c.get("as_of")),
+            "family": c.get("model_family") or "?", "ROC AUC [95% CI]": _roc_cell(c), "verdict": _verdict_cell(c),
             "production changes (when, by whom)": f"{when(c.get('recorded_at'))}: not deployed"
                                                   f" (recorded by {c.get('recorded_by') or '?'})"}))
     return [row for _, row in sorted(timed, key=lambda t: t[0])]

@@ -173,10 +173,10 @@ def metric_metadata(challenger: dict, champion: dict | None, comparisons: dict) 
 
 def summary_line(family: str, prospective: str, champion_version: str | None, verdict: GateVerdict,
                  comparisons: dict | None = None, best_recent: dict | None = None,
-                 held: str | None = None, identical: bool = False) -> str:
+                 held: bool = False, identical: bool = False) -> str:
     """evaluation_report's first line: "challenger gradient_boosting (would be v0004) vs
     champion v0002 in production: passes the gate", or "...: refused: <each failed rule in
-    words>". ``held``: why a passing challenger would not be promoted (a pin);
+    words>". ``held``: production is pinned, so a passing challenger is not promoted;
     ``identical``: it is the production model again (same data, config, code)."""
     champion = f"champion {champion_version} in production" if champion_version else "champion none (bootstrap)"
     if verdict.passed:
@@ -184,7 +184,7 @@ def summary_line(family: str, prospective: str, champion_version: str | None, ve
         if identical:
             words += f"; identical to {champion_version}, so no new version"
         elif held:
-            words += f"; {held}, so production stays {champion_version}"
+            words += f"; held: {champion_version} is pinned in production (`churn-assets unpin`)"
     else:
         rules = refused_rules(verdict.to_dict(), comparisons, best_recent) or ["a gate rule failed"]
         words = "refused: " + "; ".join(rules)

@@ -99,6 +99,10 @@ def test_materialize_summary_then_versions_card_and_rollback_reported_to_dagster
     metadata = event.asset_materialization.metadata
     assert metadata["production_version"].value == "v0001"
     assert metadata["pinned"].value.startswith("pinned by ") and "(churn-assets rollback)" in metadata["pinned"].value
+    # The page shows the history with the rollback and the card of the version rolled back to.
+    assert "v0001 rolled back from v0002, pinned by " in metadata["history"].value
+    assert metadata["card_version"].value == "v0001"
+    assert metadata["model_card"].value.startswith("# Model card: churn model v0001\n\n> In production since ")
     # The risk list was rescored with v0001 at once, by a run the UI shows.
     assert "risk list: " in out and "scored by v0001" in out
     assert scores.asset_materialization.metadata["production_version"].value == "v0001"

@@ -23,7 +23,7 @@ def test_bootstrap_then_weekly_refresh_compares_against_first_champion(home):
     assert production_version(home) == "v0001"
     report = metadata_of(first, "evaluation_report")
     assert report["champion_version"] == "None"
-    assert report["challenger_roc_auc"] > 0.70
+    assert report["1_roc_auc"] > 0.70
     assert metadata_of(first, "deployed_model")["reason"].startswith("bootstrap")
 
     second = run_graph(home, simulator(NEXT_WEEK))
@@ -32,7 +32,7 @@ def test_bootstrap_then_weekly_refresh_compares_against_first_champion(home):
     assert report["champion_version"] == "v0001"
     # The champion was re-scored now, on this run's holdout, not read from its manifest.
     v1 = ModelRegistry(home / "registry").get("v0001")
-    assert report["champion_roc_auc"] != v1.manifest["metrics"]["roc_auc"]
+    assert report["1_roc_auc_champion"] != v1.manifest["metrics"]["roc_auc"]
     window = metadata_of(second, "clean_features")["data_window"]
     assert window["holdout"][1] > v1.manifest["data_window"]["holdout"][1]
     assert production_version(home) == "v0002"
@@ -97,12 +97,12 @@ def test_deployed_model_alone_still_refuses_a_failed_verdict(home):
 def test_improving_challenger_replaces_a_weak_champion(home):
     weak = run_graph(home, simulator(FIRST_WEEK), assets=with_shuffled_labels(), rules=PERMISSIVE_RULES)
     assert weak.success
-    weak_auc = metadata_of(weak, "evaluation_report")["challenger_roc_auc"]
+    weak_auc = metadata_of(weak, "evaluation_report")["1_roc_auc"]
     better = run_graph(home, simulator(NEXT_WEEK), rules=PERMISSIVE_RULES)
     assert better.success
     report = metadata_of(better, "evaluation_report")
-    assert report["challenger_roc_auc"] > report["champion_roc_auc"] + 0.1
-    assert report["champion_roc_auc"] < weak_auc + 0.05  # the weak model is still weak
+    assert report["1_roc_auc"] > report["1_roc_auc_champion"] + 0.1
+    assert report["1_roc_auc_champion"] < weak_auc + 0.05  # the weak model is still weak
     assert production_version(home) == "v0002"
 
 

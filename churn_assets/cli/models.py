@@ -74,19 +74,20 @@ def _report_production_to_dagster(settings, pointer: dict, action: str, risk_lis
     production, its pin and the state of the risk list."""
     import dagster as dg
 
-    from churn_assets.storage.pointer import pin_text
-
-    from churn_assets.defs.reporting import card_text, inline_images, stored_plots
-    from churn_assets.storage.pointer import production_status
-
+    from churn_assets.core.markdown import md_table
+    from churn_assets.defs.history_text import history_rows
+    from churn_assets.defs.reporting import card_text, inline_images, registry_history, stored_plots
+    from churn_assets.storage.pointer import pin_text, production_status
     from churn_assets.storage.registry import RegistryError
 
     try:
-        version = _registry().get(pointer["version"])
+        registry = _registry()
+        version = registry.get(pointer["version"])
         card = inline_images(card_text(version, settings.intended_use(), production_status(pointer, version.version)),
                              stored_plots(version))
+        history = md_table(history_rows(registry_history(registry)))
     except (RegistryError, OSError) as exc:  # the pointer moved; the card is a nicety
-        card = f"model card unavailable: {exc}"
+        card, history = f"model card unavailable: {exc}", f"registry history unavailable: {exc}"
     return _report_to_dagster(settings, dg.AssetMaterialization(
         asset_key="deployed_model",
         description=f"{action} outside a run: production is {pointer['version']}, "
@@ -95,6 +96,7 @@ def _report_production_to_dagster(settings, pointer: dict, action: str, risk_lis
                   "new_version": False, "reason": str(pointer.get("reason") or action),
                   "sha256": pointer.get("sha256", ""), "pinned": pin_text(pointer) or "no",
                   "risk_list": risk_list, "changed_by": _operator(action),
+                  "history": dg.MetadataValue.md(history), "card_version": pointer["version"],
                   "model_card": dg.MetadataValue.md(card)}))
 
 

@@ -4,11 +4,14 @@ import dagster as dg
 
 from churn_assets.core.artifact import ChurnPredictor
 from churn_assets.core.evaluation import EvaluationReport
+from churn_assets.core.markdown import md_table
 from churn_assets.defs import reporting
 from churn_assets.defs.checks import record_refusal, verdict_for, verdict_metadata
 from churn_assets.defs.decisions import record_run_outcome
-from churn_assets.defs.resources import ChurnStorage, DeploymentGateRules
+from churn_assets.defs.evaluation import rounded_metadata
+from churn_assets.defs.history_text import history_rows
 from churn_assets.defs.outcome import tag_outcome
+from churn_assets.defs.resources import ChurnStorage, DeploymentGateRules
 from churn_assets.health.plots import metric_trend
 from churn_assets.storage.candidates import CandidateLog, candidate_entry
 from churn_assets.storage.pointer import PinnedError, held_reason, pin_of, pin_text
@@ -46,7 +49,7 @@ def deployed_model(context: dg.AssetExecutionContext, evaluation_report: Evaluat
     registry = storage.registry()
     pointer = registry.production_pointer()
     if pin_of(pointer):
-        return _held(context, storage, evaluation_report, verdict, pointer)
+        return _held(context, storage, evaluation_report, verdict, pointer, model_card)
     production = registry.production()
     current = production.version if production else None
     if current != evaluation_report.champion_version:
@@ -59,7 +62,7 @@ def deployed_model(context: dg.AssetExecutionContext, evaluation_report: Evaluat
         record_run_outcome(storage.root, context.run, "deployed", version=current)  # issue 8
         tag_outcome(context.instance, context.run.run_id, "no_change")
         return dg.MaterializeResult(metadata={"production_version": current, "new_version": False,
-                                              "verdict": verdict.summary})
+                                              "verdict": verdict.summary, **pages(storage, model_card)})
     manifest = {
         "model_family": churn_model.family,
         "threshold": churn_model.threshold,
@@ -94,30 +97,45 @@ def deployed_model(context: dg.AssetExecutionContext, evaluation_report: Evaluat
         manifest["drift"] = evaluation_report.drift
     version = registry.register(churn_model, manifest)
     # The trend is redrawn now that this run's point has its version name.
-    plots = dict(evaluation_report.plots, roc_auc_trend=metric_trend(reporting.trend_points(registry)))
-    card_path, card = reporting.write_card(version, plots, model_card.intended_use or None)
+    plots = dict(evaluation_report.plots, roc_auc_trend=metric_trend(
+        reporting.trend_points(registry, production=version.version)))
+    card_path, _ = reporting.write_card(version, plots, model_card.intended_use or None)
     reason = "bootstrap deploy (floors only)" if verdict.bootstrap else f"passed gate against {current}"
     try:
         pointer = registry.promote(version.version, reason=reason, run_id=context.run.run_id, unless_pinned=True)
     except PinnedError as exc:  # the operator pinned production while this run evaluated
-        return _held(context, storage, evaluation_report, verdict, exc.pointer, registered=version.version)
+        return _held(context, storage, evaluation_report, verdict, exc.pointer, model_card,
+                     registered=version.version)
     record_run_outcome(storage.root, context.run, "deployed", version=version.version)  # issue 8
     tag_outcome(context.instance, context.run.run_id, "deployed")
     context.log.info(f"promoted {version.version} to production ({reason}); model card {card_path}")
     roc = evaluation_report.comparisons.get("roc_auc") or {}
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(metadata=rounded_metadata({
         "production_version": version.version, "previous_version": str(pointer["previous"]),
         "new_version": True, "sha256": version.sha256, "reason": reason,
         "path": dg.MetadataValue.path(str(version.path)), "verdict": verdict.summary,
         "pinned": "no", "roc_auc": float(evaluation_report.challenger["roc_auc"]),
         "delta_roc_auc": float(roc.get("difference", float("nan"))),
         "card_path": dg.MetadataValue.path(str(card_path)),
-        "model_card": dg.MetadataValue.md(reporting.inline_images(card, plots)),
-    })
+        **pages(storage, model_card),
+    }))
+
+
+def pages(storage: ChurnStorage, model_card: ModelCard) -> dict:
+    """What every deployed_model materialization shows: the registry's history as a table
+    and the card of the version production points at now (after a rollback, or while a
+    challenger is held, that version's card, not this run's challenger's)."""
+    registry = storage.registry()
+    out = {"history": dg.MetadataValue.md(md_table(history_rows(reporting.registry_history(registry))))}
+    shown = reporting.production_card(registry, model_card.intended_use or None)
+    if shown is not None:
+        out["card_version"] = shown[0]
+        out["model_card"] = dg.MetadataValue.md(shown[1])
+    return out
 
 
 def _held(context: dg.AssetExecutionContext, storage: ChurnStorage, report: EvaluationReport, verdict,
-          pointer: dict, registered: str | None = None) -> dg.MaterializeResult:
+          pointer: dict, model_card: ModelCard, registered: str | None = None) -> dg.MaterializeResult:
     """A challenger that passed the gate while the operator pinned production: recorded in
     candidates.jsonl as held, production unchanged. Not a decision on this data (no
     ``record_run_outcome``): after ``unpin`` the next run retrains and may promote."""
@@ -128,8 +146,8 @@ def _held(context: dg.AssetExecutionContext, storage: ChurnStorage, report: Eval
     tag_outcome(context.instance, context.run.run_id, "no_change")
     context.log.info(f"{held}; the challenger passed the gate ({verdict.summary}) and is recorded in"
                      f" candidates.jsonl; production stays {pointer['version']} until `churn-assets unpin`")
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(metadata=rounded_metadata({
         "production_version": pointer["version"], "new_version": False, "held": held,
         "pinned": pin_text(pointer), "verdict": verdict.summary,
-        "roc_auc": float(report.challenger["roc_auc"]),
-    })
+        "roc_auc": float(report.challenger["roc_auc"]), **pages(storage, model_card),
+    }))

@@ -1,7 +1,6 @@
 """Evaluation: challenger and champion scored on the same holdout rows, in the same run."""
 
 import dagster as dg
-import numpy as np
 
 from churn_assets.core.artifact import ChurnPredictor
 from churn_assets.core.evaluation import (EvaluationReport, calibration_summary, contender,
@@ -12,6 +11,7 @@ from churn_assets.core.training import ModelingFrames
 from churn_assets.defs import reporting
 from churn_assets.defs.resources import ChurnStorage, DeploymentGateRules, TrainingPlan
 from churn_assets.health.plots import png_markdown
+from churn_assets.storage.pointer import pin_of
 from churn_assets.storage.registry import REPAIR_HINT, RegistryError
 
 PLOT_TITLES = {"roc_pr": "ROC and precision-recall, challenger vs champion",
@@ -106,11 +106,15 @@ def evaluation_report(context: dg.AssetExecutionContext, clean_features: Modelin
         uncertainty=measured.uncertainty,
         notes=measured.notes,
     )
-    # The gate's verdict is the check's to give; here it only marks this run's point
-    # on the trend chart as promoted or refused.
+    # The gate's verdict is the check's to give; here it marks this run's point on the
+    # trend chart and words the page's first line.
     verdict = reporting.gate_verdict(report, gate_rules.gate_rules())
+    prospective = registry.next_version()
+    held = bool(pin_of(registry.production_pointer()))  # a passing challenger waits for `unpin`
+    as_of = report.data_window.get("as_of") if isinstance(report.data_window, dict) else None
     trend = reporting.trend_points(registry, current={
-        "version": "this run", "roc_auc": measured.challenger["roc_auc"], "deployed": verdict.passed,
+        "version": "this run", "roc_auc": measured.challenger["roc_auc"], "deployed": verdict.passed and not held,
+        "held": held, "as_of": as_of,
         "champion_roc_auc": None if measured.champion is None else measured.champion["roc_auc"]})
     compared = measured.compared_mask
     rows = slice(None) if compared is None else compared
@@ -124,25 +128,46 @@ def evaluation_report(context: dg.AssetExecutionContext, clean_features: Modelin
                      + ("" if measured.champion is None else
                         f" vs champion {production.version} {measured.champion['roc_auc']:.4f}"
                         f" on {measured.compared_rows} rows clear of both"))
+    summary = reporting.summary_line(
+        churn_model.family, prospective, report.champion_version, verdict, measured.comparisons,
+        measured.best_recent, held=held,
+        identical=production is not None and production.manifest.get("fingerprint") == churn_model.fingerprint)
     metadata = {
+        "summary": dg.MetadataValue.md(f"**{summary}**"),
         "comparison": dg.MetadataValue.md(md_table(reporting.comparison_rows(
             measured.challenger, measured.champion, measured.comparisons))),
+        # Plain floats of the gate's metrics, first in the UI's Plots tab (keys "1_roc_auc", ...).
+        **reporting.metric_metadata(measured.challenger, measured.champion, measured.comparisons),
         "champion_version": str(report.champion_version),
+        "prospective_version": prospective,
         "holdout_rows": report.holdout_rows,
         "compared_rows": measured.compared_rows,
         "training_rows": clean_features.training_rows,
         "data_window": dg.MetadataValue.json(report.data_window),
         "model_family": churn_model.family,
         "champion_family": champion_model.family if champion_model else "none (bootstrap)",
+        "metrics": dg.MetadataValue.json({"challenger": measured.challenger, "champion": measured.champion,
+                                          "calibration": calibration, "uncertainty": measured.uncertainty}),
         "comparisons": dg.MetadataValue.json(measured.comparisons),
         "best_recent": dg.MetadataValue.json(measured.best_recent or {}),
         "calibration": dg.MetadataValue.md(md_table(reporting.calibration_rows(calibration))),
         "top_features": dg.MetadataValue.md(md_table(
             [{"feature": f, "ROC AUC drop": round(m, 4), "std": round(s, 4)} for f, m, s in report.importance])),
     }
-    # Plain floats, one per metric (and delta and interval bound), so the UI charts them.
-    metadata.update(reporting.metric_metadata(measured.challenger, measured.champion, measured.comparisons,
-                                              calibration))
-    metadata["challenger_roc_auc_se"] = float(measured.uncertainty.get("roc_auc_se", np.nan))
     metadata.update(plot_metadata(plots))
-    return dg.MaterializeResult(value=report, metadata=metadata)
+    return dg.MaterializeResult(value=report, metadata=rounded_metadata(metadata))
+
+
+def rounded_metadata(metadata: dict) -> dict:
+    """``metadata`` with its floats, plain or inside JSON values, rounded to
+    ``reporting.DIGITS`` decimals: a page shows 0.8123, never 0.8123456789012345."""
+    out = {}
+    for key, value in metadata.items():
+        if isinstance(value, dg.JsonMetadataValue):
+            value = dg.MetadataValue.json(reporting.rounded(value.data))
+        elif isinstance(value, dg.FloatMetadataValue):
+            value = dg.MetadataValue.float(reporting.rounded(value.value))
+        elif isinstance(value, (float, dict, list)):
+            value = reporting.rounded(value)
+        out[key] = value
+    return out

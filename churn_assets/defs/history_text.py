@@ -96,10 +96,12 @@ def _version_lines(v: dict) -> list[str]:
     return lines
 
 
-def _event_line(e: dict) -> list[str]:
+def event_words(e: dict) -> tuple[str, str]:
+    """(when, what) of one events.jsonl record: ("2026-05-12 09:14 UTC", "v0001 rolled
+    back from v0002, pinned by alice")."""
     kind, version = e.get("event"), e.get("version")
     if kind == "unpin":
-        return _wrapped(f"{when(e.get('at'))}  {version} unpinned by {e.get('by') or '?'}", "  ", " " * 4)
+        return when(e.get("at")), f"{version} unpinned by {e.get('by') or '?'}"
     reason = str(e.get("reason") or "")
     pin = e.get("pinned") if isinstance(e.get("pinned"), dict) else None
     if reason.startswith("rollback from"):
@@ -112,7 +114,12 @@ def _event_line(e: dict) -> list[str]:
         what = f"{version} promoted ({reason})"
     if pin:
         what += f", pinned by {pin.get('by') or 'the operator'}"
-    return _wrapped(f"{when(e.get('promoted_at'))}  {what}", "  ", " " * 4)
+    return when(e.get("promoted_at")), what
+
+
+def _event_line(e: dict) -> list[str]:
+    at, what = event_words(e)
+    return _wrapped(f"{at}  {what}", "  ", " " * 4)
 
 
 def _candidate_lines(c: dict) -> list[str]:
@@ -173,3 +180,62 @@ def format_history(history: dict) -> str:
         for c in history["candidates"]:
             lines += _candidate_lines(c)
     return "\n".join(lines)
+
+
+def _roc_cell(d: dict) -> str:
+    """"0.8123 [0.7954, 0.8292]": the holdout ROC AUC with its own 95% interval (normal,
+    from the DeLong standard error) where the version recorded one."""
+    value, se = d.get("roc_auc"), d.get("roc_auc_se")
+    if not _finite(value):
+        return "-"
+    if _finite(se):
+        return f"{value:.4f} [{value - 1.96 * se:.4f}, {min(1.0, value + 1.96 * se):.4f}]"
+    return f"{value:.4f}"
+
+
+def _verdict_cell(d: dict) -> str:
+    champion = d.get("champion_version")
+    c = (d.get("comparisons") or {}).get("roc_auc") or {}
+    delta = delta_words("roc_auc", d.get("delta_roc_auc"), c.get("ci_low"), c.get("ci_high"))
+    if d.get("held"):
+        return f"passed against {champion}, {d.get('verdict')}; ROC AUC {delta}"
+    if d.get("gate_passed") is False:
+        rules = d.get("refused_in_words") or d.get("failed_rules") or ["a gate rule failed"]
+        return "refused: " + "; ".join(rules)
+    if champion is None:
+        return "first version: no champion, gate floors only"
+    return f"passed against {champion}; ROC AUC {delta}" if d.get("gate_passed") else (
+        f"not recorded (champion {champion})")
+
+
+def _unbroken(date) -> str:
+    """A date whose hyphens do not wrap (U+2011): table columns are narrow in the UI,
+    and "2026-" over "05-04" reads badly."""
+    return str(date).replace("-", "\u2011") if date else "?"
+
+
+def history_rows(history: dict) -> list[dict]:
+    """``registry_history`` as table rows, oldest first: each version (with its production
+    changes: promoted, rolled back to or from, pinned, unpinned; when and by whom) and each
+    challenger refused or held, by the time it was registered or recorded."""
+    changes: dict[str, list[str]] = {}
+    for e in history.get("events") or []:
+        at, what = event_words(e)
+        changes.setdefault(str(e.get("version")), []).append(f"{at}: {what}")
+        if str(e.get("reason") or "").startswith("rollback from") and e.get("previous"):
+            changes.setdefault(str(e["previous"]), []).append(f"{at}: rolled back (production went to {e.get('version')})")
+    timed = []
+    for v in history.get("versions") or []:
+        mark = " (production" + (", pinned)" if history.get("pinned") else ")") if v.get("production") else ""
+        timed.append((str(v.get("registered_at") or ""), {
+            "version": f"**{v['version']}**{mark}", "data as of": _unbroken(v.get("as_of")),
+            "family": v.get("model_family") or "?", "ROC AUC [95% CI]": _roc_cell(v), "verdict": _verdict_cell(v),
+            "production changes (when, by whom)": "; ".join(changes.get(v["version"], [])) or "never promoted"}))
+    for c in history.get("candidates") or []:
+        kind = "held" if c.get("held") else "refused"
+        timed.append((str(c.get("recorded_at") or ""), {
+            "version": f"- ({kind}, run {str(c.get('run_id'))[:8]})", "data as of": _unbroken(c.get("as_of")),
+            "family": c.get("model_family") or "?", "ROC AUC [95% CI]": _roc_cell(c), "verdict": _verdict_cell(c),
+            "production changes (when, by whom)": f"{when(c.get('recorded_at'))}: not deployed"
+                                                  f" (recorded by {c.get('recorded_by') or '?'})"}))
+    return [row for _, row in sorted(timed, key=lambda t: t[0])]

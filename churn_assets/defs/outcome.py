@@ -77,10 +77,9 @@ def settle_outcome(instance: dg.DagsterInstance, run_id: str, *, in_run: bool = 
 
 
 def _comparisons(report: dict) -> dict:
-    """evaluation_report's per-metric floats back as comparisons, for the gate's words."""
-    names = {key[:-len("_ci_low")] for key in report if key.endswith("_ci_low")}
-    return {name: {"difference": report.get(f"delta_{name}"), "ci_low": report.get(f"{name}_ci_low"),
-                   "ci_high": report.get(f"{name}_ci_high"), "confidence": 0.95} for name in names}
+    """evaluation_report's paired comparisons (its ``comparisons`` JSON), for the gate's words."""
+    comparisons = report.get("comparisons")
+    return comparisons if isinstance(comparisons, dict) else {}
 
 
 def refusal_words(gate: dict | None, description: str | None, report: dict) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import math
 import re
+from numbers import Integral, Real
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +23,7 @@ from churn_assets.health.importance import permutation_importance_raw
 from churn_assets.serving.fast_path import batch_scorer
 from churn_assets.storage.atomic import atomic_write_bytes
 from churn_assets.storage.candidates import CandidateLog
-from churn_assets.storage.pointer import pin_of
+from churn_assets.storage.pointer import pin_of, production_status
 from churn_assets.storage.registry import ModelRegistry, ModelVersion, RegistryError
 
 # Permutation importance costs features x repeats predictions: a few thousand rows and
@@ -89,41 +90,107 @@ def _number(value) -> float:
     return float(value) if isinstance(value, (int, float)) and value is not None else math.nan
 
 
-def trend_points(registry: ModelRegistry, current: dict | None = None) -> list[dict]:
+def _as_of(entry: dict) -> str | None:
+    return (entry.get("data_window") or {}).get("as_of")
+
+
+def trend_points(registry: ModelRegistry, current: dict | None = None, production: str | None = None) -> list[dict]:
     """ROC AUC by model version for ``plots.metric_trend``, oldest first.
 
-    Registered versions (promoted) and refused candidates are merged by the time they
-    were recorded; ``current`` (a point for this run's challenger) goes last.
+    Registered versions (promoted) and refused or held candidates are merged by the time
+    they were recorded; ``current`` (a point for this run's challenger) goes last. Each
+    point has its data's ``as_of``; the version in production (the pointer's, or
+    ``production`` when the caller is about to move it) is marked ``production``, and a
+    rollback (events.jsonl) is noted as ``rollbacks`` on the last point recorded before it.
     """
+    if production is None:
+        try:
+            production = (registry.production_pointer() or {}).get("version")
+        except RegistryError:
+            production = None
     timed = []
     for v in registry.versions():
         m = v.manifest
         timed.append((str(m.get("registered_at", "")), {
             "version": v.version, "roc_auc": _number((m.get("metrics") or {}).get("roc_auc")),
-            "champion_roc_auc": (m.get("champion_metrics") or {}).get("roc_auc"), "deployed": True}))
+            "champion_roc_auc": (m.get("champion_metrics") or {}).get("roc_auc"), "deployed": True,
+            "as_of": _as_of(m), "production": v.version == production}))
     for c in CandidateLog(registry.root).read().entries:
         timed.append((str(c.get("recorded_at", "")), {
             "version": f"run {str(c.get('run_id') or '?')[:6]}",
             "roc_auc": _number((c.get("metrics") or {}).get("roc_auc")),
-            "champion_roc_auc": (c.get("champion_metrics") or {}).get("roc_auc"), "deployed": False}))
+            "champion_roc_auc": (c.get("champion_metrics") or {}).get("roc_auc"), "deployed": False,
+            "held": bool(c.get("held")), "as_of": _as_of(c), "production": False}))
     points = [p for _, p in sorted(timed, key=lambda t: t[0])]
+    times = sorted(t for t, _ in timed)
+    for e in registry.events():
+        if not str(e.get("reason") or "").startswith("rollback from"):
+            continue
+        before = [i for i, t in enumerate(times) if t <= str(e.get("promoted_at", ""))]
+        if before:
+            points[before[-1]].setdefault("rollbacks", []).append(str(e.get("version")))
     return points + ([current] if current else [])
 
 
-def metric_metadata(challenger: dict, champion: dict | None, comparisons: dict,
-                    calibration: dict) -> dict[str, float]:
-    """One float per metric, so the Dagster UI charts each across runs."""
-    out = {f"challenger_{k}": float(v) for k, v in challenger.items()}
-    out.update({f"champion_{k}": float(v) for k, v in (champion or {}).items()})
-    out.update({k: float(v) for k, v in calibration.items()})
-    for name in challenger:
+# The metrics the default gate judges, then calibration: the only plain floats of
+# evaluation_report, so the UI's Plots tab (charts ordered by key) shows these first.
+CHARTED_METRICS = ("roc_auc", "pr_auc", "brier_skill", "ece")
+DIGITS = 4
+
+
+def rounded(value, digits: int = DIGITS):
+    """``value`` with every float rounded to ``digits`` decimals, inside dicts, lists and
+    tuples too (tuples become lists, as in JSON); NaN and infinities are left as they are."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, float) or (isinstance(value, Real) and not isinstance(value, Integral)):
+        value = float(value)
+        return round(value, digits) if math.isfinite(value) else value
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v, digits) for v in value]
+    return value
+
+
+def metric_metadata(challenger: dict, champion: dict | None, comparisons: dict) -> dict[str, float]:
+    """One float per charted metric (``CHARTED_METRICS``): the challenger's, the
+    champion's and the delta, keyed "1_roc_auc", "1_roc_auc_champion", "1_roc_auc_delta",
+    "2_pr_auc", ... so the UI charts them in the gate's order. Rounded; the intervals
+    and the other metrics stay in the tables and the ``comparisons`` JSON."""
+    out = {}
+    for rank, name in enumerate(CHARTED_METRICS, start=1):
+        if name not in challenger:
+            continue
+        out[f"{rank}_{name}"] = _number(challenger[name])
         if champion is not None and name in champion:
-            out[f"delta_{name}"] = float(challenger[name]) - float(champion[name])
-    for name, c in comparisons.items():
-        out[f"delta_{name}"] = _number(c.get("difference"))
-        for key in ("ci_low", "ci_high", "p_value"):
-            out[f"{name}_{key}"] = _number(c.get(key))
-    return out
+            out[f"{rank}_{name}_champion"] = _number(champion[name])
+            difference = (comparisons.get(name) or {}).get("difference")
+            out[f"{rank}_{name}_delta"] = (_number(difference) if difference is not None
+                                           else _number(challenger[name]) - _number(champion[name]))
+    return rounded(out)
+
+
+def summary_line(family: str, prospective: str, champion_version: str | None, verdict: GateVerdict,
+                 comparisons: dict | None = None, best_recent: dict | None = None,
+                 held: bool = False, identical: bool = False) -> str:
+    """evaluation_report's first line: "challenger gradient_boosting (would be v0004) vs
+    champion v0002 in production: passes the gate", or "...: refused: <each failed rule in
+    words>". ``held``: production is pinned, so a passing challenger is not promoted;
+    ``identical``: it is the production model again (same data, config, code)."""
+    champion = f"champion {champion_version} in production" if champion_version else "champion none (bootstrap)"
+    if verdict.passed:
+        words = "passes the gate"
+        if identical:
+            words += f"; identical to {champion_version}, so no new version"
+        elif held:
+            words += f"; held: {champion_version} is pinned in production (`churn-assets unpin`)"
+    else:
+        rules = refused_rules(verdict.to_dict(), comparisons, best_recent) or ["a gate rule failed"]
+        words = "refused: " + "; ".join(rules)
+    would_be = f" (would be {prospective})" if verdict.passed and not held and not identical else (
+        f" (would have been {prospective})")
+    return f"challenger {family}{would_be} vs {champion}: {words}"
 
 
 def comparison_rows(challenger: dict, champion: dict | None, comparisons: dict) -> list[dict]:
@@ -218,6 +285,17 @@ def card_text(version: ModelVersion, intended_use: str | None = None, status: st
     return f"{title}\n\n> {status}\n{rest}"
 
 
+def production_card(registry: ModelRegistry, intended_use: str | None = None) -> tuple[str, str] | None:
+    """(version, card markdown with its plots inlined) of the version production points
+    at now, its status under the title; None before the first promotion."""
+    pointer = registry.production_pointer()
+    if not pointer:
+        return None
+    version = registry.get(pointer["version"])
+    text = card_text(version, intended_use, production_status(pointer, version.version))
+    return version.version, inline_images(text, stored_plots(version))
+
+
 def stored_plots(version: ModelVersion) -> dict[str, bytes]:
     """The plot PNGs saved beside a version, by name (for ``inline_images``)."""
     return {name: (version.path / file).read_bytes() for name, file in PLOT_FILES.items()
@@ -241,7 +319,8 @@ def _decision(m: dict) -> dict:
             "failed_rules": failed, "refused_in_words": refused_rules(gate, comparisons, m.get("best_recent")),
             "run_id": m.get("run_id"), "metrics": metrics,
             "champion_metrics": m.get("champion_metrics"), "comparisons": comparisons,
-            "as_of": (m.get("data_window") or {}).get("as_of")}
+            "as_of": (m.get("data_window") or {}).get("as_of"),
+            "roc_auc_se": (m.get("holdout_uncertainty") or {}).get("roc_auc_se")}
 
 
 def registry_history(registry: ModelRegistry, risk_list: dict | None = None) -> dict:

@@ -136,6 +136,17 @@ class RunWatcher(threading.Thread):
             self.poll()
 
 
+def _difference(a, b) -> float:
+    try:
+        return float(a) - float(b)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _signed(value) -> str:
+    return f"{value:+.4f}" if isinstance(value, (int, float)) else "NaN"
+
+
 def _fmt(value, digits: int = 4) -> str:
     if isinstance(value, float):
         return "NaN" if math.isnan(value) else f"{value:.{digits}f}"
@@ -190,14 +201,19 @@ def run_summary(instance: dg.DagsterInstance, run_id: str) -> tuple[bool, list[s
         champion = report.get("champion_version")
         lines.append(f"  challenger vs champion {champion if champion != 'None' else '(none: bootstrap)'}"
                      f" on {report.get('holdout_rows')} holdout rows:")
+        metrics = report.get("metrics") if isinstance(report.get("metrics"), dict) else {}
+        challenger, champion = metrics.get("challenger") or {}, metrics.get("champion") or {}
+        comparisons = report.get("comparisons") if isinstance(report.get("comparisons"), dict) else {}
         for name in KEY_METRICS:
-            if f"challenger_{name}" not in report:
+            if name not in challenger:
                 continue
-            text = f"    {name:<12} {_fmt(report[f'challenger_{name}'])}"
-            if f"champion_{name}" in report:
-                text += f" vs {_fmt(report[f'champion_{name}'])}  delta {report.get(f'delta_{name}', math.nan):+.4f}"
-                if f"{name}_ci_low" in report:
-                    text += f" (95% CI {report[f'{name}_ci_low']:+.4f} to {report[f'{name}_ci_high']:+.4f})"
+            text = f"    {name:<12} {_fmt(challenger[name])}"
+            if name in champion:
+                c = comparisons.get(name) or {}
+                delta = c.get("difference", _difference(challenger[name], champion[name]))
+                text += f" vs {_fmt(champion[name])}  delta {_signed(delta)}"
+                if c.get("ci_low") is not None and c.get("ci_high") is not None:
+                    text += f" (95% CI {_signed(c['ci_low'])} to {_signed(c['ci_high'])})"
             lines.append(text)
     if check is not None:
         lines += _gate_lines(check, report or {})

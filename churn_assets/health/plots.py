@@ -175,16 +175,35 @@ def _number(value) -> float:
     return math.nan if value is None else float(value)
 
 
+def _trend_label(point: dict, index: int) -> str:
+    name = str(point.get("version", index))
+    return f"{name}\n{point['as_of']}" if point.get("as_of") else name
+
+
+def _shown_labels(points: Sequence[dict], most: int = 10) -> list[str]:
+    """Tick labels "v0003\n2026-05-11" (version, data as of); past ``most`` points only
+    every k-th is named, plus the production version and the newest, so none overlap."""
+    step = max(1, math.ceil(len(points) / most))
+    keep = {len(points) - 1} | {i for i, p in enumerate(points) if p.get("production")}
+    for i in range(len(points)):  # then as many others as fit, at least ``step`` apart
+        if all(abs(i - k) >= step for k in keep):
+            keep.add(i)
+    return [_trend_label(p, i) if i in keep else "" for i, p in enumerate(points)]
+
+
 def metric_trend(points: Sequence[dict]) -> bytes:
     """Holdout ROC AUC by model version, in the order given (oldest first).
 
     Each point: ``version`` (str), ``roc_auc`` (float), ``role`` ("champion" or
     "challenger"), ``deployed`` (bool) and ``champion_roc_auc`` (float or None: the
-    incumbent champion scored on the same holdout). The champion line is the champion's
-    AUC at each version (``champion_roc_auc``, or the point's own AUC when it is the
-    champion); promoted versions are green dots, refused challengers red crosses.
+    incumbent champion scored on the same holdout); optionally ``as_of`` (the data's
+    date, shown under the version), ``production`` (bool: the version serving now,
+    ringed) and ``rollbacks`` (versions production was rolled back to after this point,
+    drawn as a dashed line). The champion line is the champion's AUC at each version
+    (``champion_roc_auc``, or the point's own AUC when it is the champion); promoted
+    versions are green dots, refused challengers red crosses.
     """
-    fig = Figure(figsize=SIZE)
+    fig = Figure(figsize=(SIZE[0] + 2.0, SIZE[1] + 0.6))  # the legend sits beside the axes
     ax = fig.subplots()
     if not points:
         _empty(fig, ax, "no model versions yet")
@@ -204,11 +223,28 @@ def metric_trend(points: Sequence[dict]) -> bytes:
         ax.scatter(x[promoted], auc[promoted], color="tab:green", marker="o", zorder=3, label="promoted")
     if (~promoted).any():
         ax.scatter(x[~promoted], auc[~promoted], color="tab:red", marker="x", s=60, zorder=3,
-                   label="challenger refused")
-    ax.set_xticks(x, labels=[str(p.get("version", i)) for i, p in enumerate(points)],
-                  rotation=45 if len(points) > 6 else 0, ha="right" if len(points) > 6 else "center")
-    ax.set(xlabel="model version", ylabel="holdout ROC AUC", title="ROC AUC by model version")
-    ax.legend(loc="best", fontsize="small")
+                   label="challenger refused or held")
+    serving = np.array([bool(p.get("production")) for p in points])
+    if serving.any():
+        ax.scatter(x[serving], auc[serving], s=260, facecolors="none", edgecolors="black", linewidths=1.5,
+                   zorder=4, label="in production now")
+    rolled = False
+    for i, p in enumerate(points):
+        for to in p.get("rollbacks") or ():
+            ax.axvline(i + 0.5, color="dimgrey", linestyle="--", linewidth=1,
+                       label=None if rolled else "rollback")
+            ax.annotate(f"rollback to {to}", (i + 0.5, 0.98), xycoords=("data", "axes fraction"),
+                        xytext=(3, 0), textcoords="offset points", rotation=90, fontsize="x-small",
+                        color="dimgrey", va="top")
+            rolled = True
+    many = len(points) > 4
+    ax.set_xticks(x, labels=_shown_labels(points), rotation=30 if many else 0,
+                  ha="right" if many else "center", fontsize="small")
+    # Room on the right for a rollback after the newest point.
+    ax.set_xlim(-0.5, len(points) - 0.5 + (0.5 if points[-1].get("rollbacks") else 0))
+    ax.set(xlabel="model version (data as of)", ylabel="holdout ROC AUC", title="ROC AUC by model version")
+    # Beside the axes, never over a point.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _png(fig)

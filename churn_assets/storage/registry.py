@@ -194,6 +194,11 @@ class ModelRegistry:
         """All readable versions, oldest first; damaged ones are skipped (see ``problems()``)."""
         return self._scan()[0]
 
+    def next_version(self) -> str:
+        """The name ``register`` would give a version now ("v0004"); damaged folders count,
+        as their numbers are never handed out again. Another registration may take it first."""
+        return f"v{self._scan()[2] + 1:04d}"
+
     def problems(self) -> list[RegistryError]:
         """Why anything is unreadable: one error per damaged version folder, plus one for a
         production pointer that is unreadable or names no readable version. Each message is

@@ -3,8 +3,10 @@
     .venv/bin/python docs/screenshots/take.py [--port 3333] [--keep HOME]
 
 Builds a temporary data directory with three refreshes of the simulator (a bootstrap
-deploy, a challenger the gate refuses, a promoted challenger), starts ``churn-assets
-dev`` on a loopback port, and saves PNGs of the asset pages beside this script.
+deploy, a challenger the gate refuses, a promoted challenger), then rolls production
+back to v0001 and refreshes once more (the challenger passes but is held: the pages
+show v0001 as champion and its card), starts ``churn-assets dev`` on a loopback port,
+and saves PNGs of the asset pages beside this script.
 Needs Debian's ``chromium`` (``apt-get install chromium``) and ``pip install playwright``;
 no ``playwright install``: the system browser is used.
 """
@@ -28,7 +30,8 @@ CHROMIUM = "/usr/bin/chromium"
 
 def refresh(env: dict, as_of: str, config: Path | None = None) -> None:
     run_env = dict(env, **({"CHURN_ASSETS_CONFIG": str(config)} if config else {}))
-    done = subprocess.run([CLI, "materialize", "--as-of", as_of], env=run_env, text=True, capture_output=True)
+    done = subprocess.run([CLI, "materialize", "--as-of", as_of], env=run_env, text=True, capture_output=True,
+                          check=False)
     print(done.stdout[-1500:], done.stderr[-500:], sep="\n")
 
 
@@ -38,11 +41,14 @@ def prepare(home: Path) -> dict:
     strict = home.parent / "strict.toml"
     # A gate that demands a big improvement, so the middle refresh is refused and shows
     # up as a red cross on the trend and in `churn-assets versions`.
-    strict.write_text('[[gate.rules]]\nmetric = "roc_auc"\nfloor = 0.7\nmax_regression = -0.2\n')
+    strict.write_text('[[gate.rules]]\nmetric = "roc_auc"\nfloor = 0.7\nmax_regression = -0.2\nmode = "point"\n')
     if not (home / "registry" / "production.json").exists():
         refresh(env, "2026-05-04")
         refresh(env, "2026-05-11", strict)
         refresh(env, "2026-05-18")
+        back = subprocess.run([CLI, "rollback", "--to", "v0001"], env=env, text=True, capture_output=True, check=False)
+        print(back.stdout[-800:], back.stderr[-500:], sep="\n")
+        refresh(env, "2026-05-25")
     return env
 
 
@@ -85,16 +91,27 @@ def shoot(base: str, out: Path) -> list[Path]:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 1150})
+        # The summary line, first among the metadata. At 1400 px the comparison table in
+        # the same column widens it past the panel and the line is cut; at 1920 it fits.
+        page.set_viewport_size({"width": 1920, "height": 1000})
         _open(page, base, "evaluation_report")
+        page.get_by_text("Metadata", exact=True).first.evaluate("el => el.scrollIntoView({block: 'start'})")
+        page.mouse.wheel(0, -80)
+        page.wait_for_timeout(1000)
+        saved.append(out / "evaluation_report_summary.png")
+        page.screenshot(path=str(saved[-1]), clip={"x": 0, "y": 0, "width": 1920, "height": 620})
+        page.set_viewport_size({"width": 1920, "height": 1150})
         page.get_by_placeholder("Filter metadata keys").fill("comparison")
         page.wait_for_timeout(1500)
         saved.append(out / "evaluation_report.png")
         page.screenshot(path=str(saved[-1]))
+        page.set_viewport_size({"width": 1400, "height": 1150})
         page.get_by_placeholder("Filter metadata keys").fill("")
         page.get_by_role("button", name="Plots").click()
         page.wait_for_timeout(2500)
-        chart = page.get_by_text("challenger_roc_auc", exact=True).first
-        chart.scroll_into_view_if_needed()
+        # The charts as the UI orders them (by key): the gate's metrics ("1_roc_auc", ...) first.
+        page.get_by_text("1_roc_auc", exact=True).first.evaluate("el => el.scrollIntoView({block: 'start'})")
+        page.mouse.wheel(0, -60)
         page.wait_for_timeout(1000)
         saved.append(out / "evaluation_report_metric_charts.png")
         page.screenshot(path=str(saved[-1]))
@@ -113,6 +130,10 @@ def shoot(base: str, out: Path) -> list[Path]:
         page.set_viewport_size({"width": 1400, "height": 1000})
         saved.append(out / "model_health_realized_trend.png")
         _markdown_dialog(page, base, "model_health", "trend", saved[-1])
+        # The registry's history on the deployed_model page: versions, verdicts, the rollback.
+        page.set_viewport_size({"width": 1920, "height": 1000})
+        saved.append(out / "deployed_model_history.png")
+        _markdown_dialog(page, base, "deployed_model", "history", saved[-1])
         # Tall enough for the whole card: the UI paints only what is inside the window.
         page.set_viewport_size({"width": 1400, "height": 4600})
         saved.append(out / "deployed_model_card.png")

@@ -68,3 +68,77 @@ def test_a_duplicate_key_beside_a_left_out_field_is_named(schemas):
     with pytest.raises(RequestRejected) as caught:
         columnar.parse(body)
     assert [(p["row"], p["field"]) for p in caught.value.problems] == [(1, "plan")]
+
+
+@pytest.mark.parametrize("left_out", ["numeric", "categorical", "id", "timestamp"])
+def test_a_duplicate_key_beside_any_kind_of_left_out_field_is_named(schemas, left_out):
+    columnar, _ = schemas
+    optional = sorted(set(SPEC.feature_columns) - columnar.required)
+    name = {"numeric": next((c for c in optional if c in SPEC.numeric_features), None),
+            "categorical": next((c for c in optional if c in SPEC.categorical_features), None),
+            "id": SPEC.id_column, "timestamp": SPEC.timestamp_column}[left_out]
+    if name is None:
+        pytest.skip(f"the model has no optional {left_out} feature")
+    record = {**valid_batch(columnar)[0], SPEC.timestamp_column: "2026-03-02"}
+    partial = {k: v for k, v in record.items() if k != name}
+    repeated = "plan" if name != "plan" else "country"
+    body = (b'{"customers": [' + orjson.dumps(record) + b', {' + orjson.dumps(partial)[1:-1]
+            + b', "' + repeated.encode() + b'": "pro"}]}')
+    assert body.count(b":") == 1 + 2 * len(record)
+    with pytest.raises(RequestRejected) as caught:
+        columnar.parse(body)
+    assert [(p["row"], p["field"]) for p in caught.value.problems] == [(1, repeated)]
+
+
+def test_left_out_and_null_numbers_are_the_plain_nan(schemas):
+    columnar, row_by_row = schemas
+    records = valid_batch(columnar)
+    assert any(len(r) < len(records[0]) for r in records) and any(None in r.values() for r in records)
+    body = orjson.dumps({"customers": records})
+    fast, slow = columnar.parse(body).records.numeric, row_by_row.parse(body).records.numeric
+    assert np.isnan(fast).any()
+    np.testing.assert_array_equal(fast.view(np.uint64), slow.view(np.uint64))  # the same bits
+
+
+def test_a_bad_value_in_the_last_record_of_a_full_batch_names_that_record(schemas):
+    columnar, _ = schemas
+    records = valid_batch(columnar)
+    batch = [records[i % len(records)] for i in range(10_000)]
+    required = min(c for c in columnar.required if c in SPEC.numeric_features)
+    batch[-1] = {**batch[-1], required: None}
+    batch[-2] = {**batch[-2], "seats": "two"}
+    with pytest.raises(RequestRejected) as caught:
+        columnar.parse(orjson.dumps({"customers": batch}))
+    assert caught.value.status == 422
+    assert {(p["row"], p["field"]) for p in caught.value.problems} == {(9_998, "seats"), (9_999, required)}
+
+
+@pytest.mark.parametrize("customer_id", [2**63 - 1, -2**63, 2**63, 2**64 - 1, 2**64, -2**63 - 1])
+def test_integer_ids_at_the_edges_of_64_bits_read_as_row_by_row(schemas, customer_id):
+    columnar, row_by_row = schemas
+    records = valid_batch(columnar)[:3]
+    body = orjson.dumps({"customers": records}).replace(
+        orjson.dumps(records[1][SPEC.id_column]), str(customer_id).encode(), 1)
+
+    def outcome(schema):
+        try:
+            return schema.parse(body).customer_ids
+        except RequestRejected as exc:
+            return exc.status, exc.problems
+    assert outcome(columnar) == outcome(row_by_row)
+    if -2**63 <= customer_id < 2**63:
+        assert columnar._columns.decode(body) is not None  # the column reading took it
+
+
+def test_left_out_numbers_are_counted_in_the_lists_where_nan_payloads_are_lost():
+    predictor = trained_predictors()[0]
+    schema = RecordSchema(SPEC, CompiledChurnModel(predictor), 10_000)
+    schema._columns.bits_count = False  # as on a platform that drops NaN payloads
+    record = valid_batch(schema)[0]
+    name = min(c for c in set(SPEC.numeric_features) - schema.required)
+    partial = {k: v for k, v in record.items() if k != name}
+    assert np.isnan(schema.parse(orjson.dumps({"customers": [record, partial]})).records.numeric).any()
+    body = b'{"customers": [' + orjson.dumps(record) + b', {' + orjson.dumps(partial)[1:-1] + b', "plan": "pro"}]}'
+    with pytest.raises(RequestRejected) as caught:
+        schema.parse(body)
+    assert [(p["row"], p["field"]) for p in caught.value.problems] == [(1, "plan")]

@@ -6,19 +6,37 @@ model itself is a few milliseconds). Here msgspec decodes the body straight into
 typed struct per record, so the types are checked while parsing (a number field takes
 a number or null, an unknown field is an error), and each field becomes a column with
 one C-level pass. Whatever this reading does not accept outright (a type
-error, a required gap, a blank category, a number sent for a category) returns None,
-and the caller reads the body the row-by-row way, which names every problem.
+error, a required gap, a blank category, a number sent for a category, an integer id
+outside int64) returns None, and the caller reads the body the row-by-row way, which
+names every problem.
 """
 
 from __future__ import annotations
 
+import struct
 from operator import attrgetter
+from typing import Annotated
 
 import msgspec
 import numpy as np
 
 UNSET = msgspec.UNSET
 _TEXT_OR_GAP = frozenset({str, type(None), msgspec.UnsetType})
+# A left-out number decodes to this NaN. Its payload bits come from nowhere else (JSON
+# has no NaN, and np.array turns null's None into the plain NaN), so one vectorised
+# compare over the numeric matrix counts the left-out numbers: no per-value Python work.
+ABSENT_BITS = 0x7FF8_0000_0000_0BAD
+ABSENT_NUMBER = struct.unpack("<d", struct.pack("<Q", ABSENT_BITS))[0]
+# Integer ids msgspec reads as int64; larger ones (which orjson reads as uint64 up to
+# 2**64 - 1 and as a float beyond) go to the row-by-row reading, which decides on them.
+ID_INT = Annotated[int, msgspec.Meta(ge=-2**63, le=2**63 - 1)]
+
+
+def _payload_survives() -> bool:
+    """Whether NumPy keeps ABSENT_NUMBER's payload (x86-64 and ARM do); if not, the
+    left-out numbers are counted the slower way, in the lists."""
+    bits = np.array([ABSENT_NUMBER, None], dtype=np.float64).view(np.uint64)
+    return int(bits[0]) == ABSENT_BITS and int(bits[1]) != ABSENT_BITS
 
 
 class ColumnDecoder:
@@ -28,8 +46,8 @@ class ColumnDecoder:
                  numeric: tuple[str, ...], categorical: tuple[str, ...],
                  required_numeric: list[int], required_categorical: list[int]):
         unset = msgspec.UnsetType
-        fields = [(id_column, str | int | None | unset, UNSET), (timestamp_column, str | None | unset, UNSET)]
-        fields += [(name, float | None | unset, UNSET) for name in numeric]
+        fields = [(id_column, str | ID_INT | None | unset, UNSET), (timestamp_column, str | None | unset, UNSET)]
+        fields += [(name, float | None, ABSENT_NUMBER) for name in numeric]
         fields += [(name, str | int | float | None | unset, UNSET) for name in categorical]
         fields = list({name: (name, kind, default) for name, kind, default in fields}.values())
         record = msgspec.defstruct("CustomerRecord", fields, forbid_unknown_fields=True, gc=False)
@@ -41,15 +59,18 @@ class ColumnDecoder:
         self.id_at = self.names.index(id_column)
         self.numeric_at = [self.names.index(n) for n in numeric]
         self.categorical_at = [self.names.index(c) for c in categorical]
-        self.text_at = frozenset(self.categorical_at)
+        self.used_at = frozenset([self.id_at, *self.categorical_at])  # the timestamp is only counted
+        # Fields read as UNSET when left out (the numbers read as ABSENT_NUMBER).
+        self.unset_at = [i for i in range(len(self.names)) if i not in self.numeric_at]
         self.required_numeric = required_numeric
         self.required_categorical = required_categorical
         self.n_numeric = len(numeric)
+        self.bits_count = _payload_survives()
 
     def decode(self, body: bytes) -> tuple[int, list, np.ndarray, list[list]] | None:
         """(keys in the body's objects, customer ids, numeric matrix float64 (n, n_numeric)
-        with NaN for gaps, category columns (tuples or lists) with None for gaps), or None
-        when the body needs the row-by-row reading."""
+        with NaN for gaps, category columns (lists) with None for gaps), or None when the
+        body needs the row-by-row reading."""
         try:
             rows = getattr(self.decoder.decode(body), self.batch_key)
         except (msgspec.ValidationError, msgspec.DecodeError):
@@ -60,29 +81,32 @@ class ColumnDecoder:
         # slower to build than the lists, measured).
         columns = [list(map(getter, rows)) for getter in self.getters]
         absent = 0  # fields left out, counted so that the caller can spot duplicate keys
-        for i, column in enumerate(columns):
-            if i in self.text_at:  # few distinct values: checked on those below, not per row
-                continue
-            gaps = column.count(UNSET)
-            if gaps:
-                absent += gaps
-                columns[i] = [None if value is UNSET else value for value in column]
         matrix = (np.array([columns[i] for i in self.numeric_at], dtype=np.float64).T.copy()  # None -> NaN
                   if self.numeric_at else np.empty((len(rows), 0)))
+        if self.bits_count:
+            left_out = matrix.view(np.uint64) == ABSENT_BITS
+            gaps = int(np.count_nonzero(left_out))
+            if gaps:
+                absent += gaps
+                matrix[left_out] = np.nan  # the plain NaN, as every other reading gives
+        else:
+            absent += sum(columns[i].count(ABSENT_NUMBER) for i in self.numeric_at)
         if self.required_numeric and np.isnan(matrix[:, self.required_numeric]).any():
             return None
+        for i in self.unset_at:  # the id, the timestamp and the categories
+            gaps = columns[i].count(UNSET)
+            if gaps:
+                absent += gaps
+                if i in self.used_at:
+                    columns[i] = [None if value is UNSET else value for value in columns[i]]
         categories = []
         for j, i in enumerate(self.categorical_at):
             column = columns[i]
-            distinct = set(column)
+            distinct = set(column)  # few distinct values: checked on those, not per row
             if not set(map(type, distinct)) <= _TEXT_OR_GAP:
                 return None  # numbers for a category: read as text by the row-by-row rules
-            if UNSET in distinct:
-                gaps = column.count(UNSET)
-                absent += gaps
-                column = [None if value is UNSET else value for value in column]
             if j in self.required_categorical and (
-                    None in distinct or UNSET in distinct or not all(v.strip() for v in distinct if type(v) is str)):
+                    None in distinct or not all(v.strip() for v in distinct if type(v) is str)):
                 return None
             categories.append(column)
         keys = 1 + len(rows) * len(self.names) - absent  # the body's key, each record's fields

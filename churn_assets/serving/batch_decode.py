@@ -59,9 +59,10 @@ class ColumnDecoder:
         self.id_at = self.names.index(id_column)
         self.numeric_at = [self.names.index(n) for n in numeric]
         self.categorical_at = [self.names.index(c) for c in categorical]
-        self.used_at = frozenset([self.id_at, *self.categorical_at])  # the timestamp is only counted
-        # Fields read as UNSET when left out (the numbers read as ABSENT_NUMBER).
-        self.unset_at = [i for i in range(len(self.names)) if i not in self.numeric_at]
+        # The id and the timestamp, read as UNSET when left out (as are the categories,
+        # checked on their distinct values; the numbers read as ABSENT_NUMBER).
+        self.unset_at = [i for i in range(len(self.names)) if i not in self.numeric_at + self.categorical_at]
+        self.used_at = frozenset([self.id_at])  # the timestamp is only counted
         self.required_numeric = required_numeric
         self.required_categorical = required_categorical
         self.n_numeric = len(numeric)
@@ -93,7 +94,7 @@ class ColumnDecoder:
             absent += sum(columns[i].count(ABSENT_NUMBER) for i in self.numeric_at)
         if self.required_numeric and np.isnan(matrix[:, self.required_numeric]).any():
             return None
-        for i in self.unset_at:  # the id, the timestamp and the categories
+        for i in self.unset_at:  # the id, and the timestamp (counted, never used)
             gaps = columns[i].count(UNSET)
             if gaps:
                 absent += gaps
@@ -105,6 +106,11 @@ class ColumnDecoder:
             distinct = set(column)  # few distinct values: checked on those, not per row
             if not set(map(type, distinct)) <= _TEXT_OR_GAP:
                 return None  # numbers for a category: read as text by the row-by-row rules
+            if UNSET in distinct:
+                absent += column.count(UNSET)
+                column = [None if value is UNSET else value for value in column]
+                distinct.discard(UNSET)
+                distinct.add(None)
             if j in self.required_categorical and (
                     None in distinct or not all(v.strip() for v in distinct if type(v) is str)):
                 return None

@@ -143,3 +143,20 @@ def test_left_out_numbers_are_counted_in_the_lists_where_nan_payloads_are_lost()
     with pytest.raises(RequestRejected) as caught:
         schema.parse(body)
     assert [(p["row"], p["field"]) for p in caught.value.problems] == [(1, "plan")]
+
+
+@pytest.mark.parametrize("path", ["columns", "row by row"])
+def test_a_duplicate_key_in_a_large_body_is_named(schemas, path):
+    """Above 64 KiB the ':' are counted in the pass that bounds the body's values."""
+    columnar, _ = schemas
+    records = valid_batch(columnar)
+    batch = [records[i % len(records)] for i in range(2_000)]
+    if path == "row by row":  # a number as text elsewhere: the column reading gives up
+        batch[7] = {**batch[7], "age": "41"}
+    parts = [orjson.dumps(r) for r in batch]
+    parts[1_500] = parts[1_500][:-1] + b', "plan": "pro"}'
+    body = b'{"customers": [' + b", ".join(parts) + b"]}"
+    assert len(body) > 64 * 1024
+    with pytest.raises(RequestRejected) as caught:
+        columnar.parse(body)
+    assert [(p["row"], p["field"]) for p in caught.value.problems] == [(1_500, "plan")]

@@ -7,7 +7,7 @@ import numpy as np
 import orjson
 import pytest
 
-from churn_assets.serving.fast_path import CompiledChurnModel
+from churn_assets.serving.fast_path import CompiledChurnModel, EncodedRecords
 from churn_assets.serving.schema import RecordSchema, RequestRejected
 from churn_assets_tests.serving_support import SPEC, as_json_records, messy_records, trained_predictors
 
@@ -160,3 +160,26 @@ def test_a_duplicate_key_in_a_large_body_is_named(schemas, path):
     with pytest.raises(RequestRejected) as caught:
         columnar.parse(body)
     assert [(p["row"], p["field"]) for p in caught.value.problems] == [(1_500, "plan")]
+
+
+def test_the_factorized_categories_are_the_categories(schemas):
+    columnar, _ = schemas
+    predictor = trained_predictors()[0]
+    records = valid_batch(columnar)
+    body = orjson.dumps({"customers": records})
+    fast = columnar.parse(body).records
+    assert fast.codes is not None
+    for column, (codes, uniques) in zip(fast.categories, fast.codes):
+        assert [uniques[c] if c >= 0 else None for c in codes] == list(column)
+    compiled = CompiledChurnModel(predictor)
+    again = EncodedRecords(fast.numeric, fast.categories)  # factorized by the model itself
+    np.testing.assert_array_equal(compiled.predict_many(fast), compiled.predict_many(again))
+    np.testing.assert_array_equal(compiled.encode_many(fast), compiled.encode_many(again))
+    # Left out (no schema requires a category here): read as missing, like null.
+    lenient = RecordSchema(SPEC, None, 10_000)
+    name = SPEC.categorical_features[0]
+    gaps = [records[0], {k: v for k, v in records[1].items() if k != name}, {**records[2], name: None}]
+    got = lenient.parse(orjson.dumps({"customers": gaps})).records
+    codes, uniques = got.codes[0]
+    assert list(got.categories[0])[1:] == [None, None]
+    assert [uniques[c] if c >= 0 else None for c in codes] == list(got.categories[0])

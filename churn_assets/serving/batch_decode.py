@@ -19,6 +19,7 @@ from typing import Annotated
 
 import msgspec
 import numpy as np
+import pandas as pd
 from msgspec.structs import astuple
 
 UNSET = msgspec.UNSET
@@ -59,6 +60,10 @@ class ColumnDecoder:
         self.id_at = self.names.index(id_column)
         self.numeric_at = [self.names.index(n) for n in numeric]
         self.categorical_at = [self.names.index(c) for c in categorical]
+        # The numbers are neighbours in the struct: one slice (a view), no gathered copy.
+        first = self.numeric_at[0] if self.numeric_at else 0
+        contiguous = self.numeric_at == list(range(first, first + len(self.numeric_at)))
+        self.numeric_columns = slice(first, first + len(self.numeric_at)) if contiguous else self.numeric_at
         # The id and the timestamp, read as UNSET when left out (as are the categories,
         # checked on their distinct values; the numbers read as ABSENT_NUMBER).
         self.unset_at = [i for i in range(len(self.names)) if i not in self.numeric_at + self.categorical_at]
@@ -68,10 +73,11 @@ class ColumnDecoder:
         self.n_numeric = len(numeric)
         self.bits_count = _payload_survives()
 
-    def decode(self, body: bytes) -> tuple[int, list, np.ndarray, list[list]] | None:
+    def decode(self, body: bytes) -> tuple[int, list, np.ndarray, list[list], list[tuple]] | None:
         """(keys in the body's objects, customer ids, numeric matrix float64 (n, n_numeric)
-        with NaN for gaps, category columns (lists) with None for gaps), or None when the
-        body needs the row-by-row reading."""
+        with NaN for gaps, category columns (lists) with None for gaps, and each category
+        column factorized: codes, distinct texts), or None when the body needs the
+        row-by-row reading."""
         try:
             rows = getattr(self.decoder.decode(body), self.batch_key)
         except (msgspec.ValidationError, msgspec.DecodeError):
@@ -85,7 +91,7 @@ class ColumnDecoder:
         table = np.fromiter(chain.from_iterable(map(astuple, rows)), dtype=object, count=n * width)
         table = table.reshape(n, width)
         absent = 0  # fields left out, counted so that the caller can spot duplicate keys
-        numbers = table[:, self.numeric_at]
+        numbers = table[:, self.numeric_columns]
         matrix = numbers.astype(np.float64)
         if self.bits_count:
             left_out = matrix.view(np.uint64) == ABSENT_BITS
@@ -98,27 +104,31 @@ class ColumnDecoder:
             absent += numbers.ravel().tolist().count(ABSENT_NUMBER)
         if self.required_numeric and np.isnan(matrix[:, self.required_numeric]).any():
             return None
-        columns = {i: table[:, i].tolist() for i in self.unset_at + self.categorical_at}
+        columns = {i: table[:, i].tolist() for i in self.unset_at}
         for i in self.unset_at:  # the id, and the timestamp (counted, never used)
             gaps = columns[i].count(UNSET)
             if gaps:
                 absent += gaps
                 if i in self.used_at:
                     columns[i] = [None if value is UNSET else value for value in columns[i]]
-        categories = []
+        categories, factorized = [], []
         for j, i in enumerate(self.categorical_at):
-            column = columns[i]
-            distinct = set(column)  # few distinct values: checked on those, not per row
-            if not set(map(type, distinct)) <= _TEXT_OR_GAP:
+            # Factorized here, once: the checks look at the few distinct values, and the
+            # model takes the codes as they are (``EncodedRecords.codes``).
+            codes, uniques = pd.factorize(table[:, i], use_na_sentinel=True)  # None -> -1
+            uniques = uniques.tolist()
+            if not set(map(type, uniques)) <= _TEXT_OR_GAP:
                 return None  # numbers for a category: read as text by the row-by-row rules
-            if UNSET in distinct:
-                absent += column.count(UNSET)
+            column = table[:, i].tolist()
+            if UNSET in uniques:
+                at = uniques.index(UNSET)
+                absent += int(np.count_nonzero(codes == at))
+                uniques[at] = None  # left out reads as missing, like null
                 column = [None if value is UNSET else value for value in column]
-                distinct.discard(UNSET)
-                distinct.add(None)
             if j in self.required_categorical and (
-                    None in distinct or not all(v.strip() for v in distinct if type(v) is str)):
+                    None in uniques or (codes < 0).any() or not all(v.strip() for v in uniques)):
                 return None
             categories.append(column)
+            factorized.append((codes, uniques))
         keys = 1 + len(rows) * len(self.names) - absent  # the body's key, each record's fields
-        return keys, columns[self.id_at], matrix, categories
+        return keys, columns[self.id_at], matrix, categories, factorized

@@ -211,14 +211,14 @@ class RecordSchema:
         decoded = self._columns.decode(body)
         if decoded is None:
             return None
-        keys, ids, matrix, categories = decoded
+        keys, ids, matrix, categories, codes = decoded
         if len(ids) > self.max_batch:  # 422, as the row-by-row reading answers: the schema's maxItems
             raise RequestRejected(422, [problem(None, BATCH_KEY, f"{len(ids)} records; at most"
                                                 f" {self.max_batch} per request")])
         colons = byte_count(body, b":") if colons is None else colons
         if colons > keys:  # the decoder keeps the last of duplicate keys silently
             _reject_duplicate_keys(body, True)
-        return PredictRequest(True, ids, EncodedRecords(matrix, categories))
+        return PredictRequest(True, ids, EncodedRecords(matrix, categories, codes))
 
     def _bound_parse_cost(self, body: bytes) -> int:
         """413 for a body with more JSON values than a full batch can hold, before parsing;

@@ -183,3 +183,7 @@ def test_the_factorized_categories_are_the_categories(schemas):
     codes, uniques = got.codes[0]
     assert list(got.categories[0])[1:] == [None, None]
     assert [uniques[c] if c >= 0 else None for c in codes] == list(got.categories[0])
+    # The model encodes a left-out category from the codes as it does from the texts.
+    again = EncodedRecords(got.numeric, got.categories)
+    np.testing.assert_array_equal(compiled.encode_many(got), compiled.encode_many(again))
+    np.testing.assert_array_equal(compiled.predict_many(got), compiled.predict_many(again))

@@ -52,11 +52,14 @@ class EncodedRecords:
 
     ``numeric``: float64 (n_rows, n_numeric), NaN where missing. ``categories``: one list
     (or pandas Series) per categorical feature (spec order) of the raw texts, None where
-    missing.
+    missing. ``codes``, when the reader has factorized the categories already (the
+    column-wise batch reading, ``batch_decode``): per categorical feature, each row's
+    code (-1: missing) into a list of the distinct raw texts (None: missing too).
     """
 
     numeric: np.ndarray
     categories: list[list[str | None] | pd.Series]
+    codes: list[tuple[np.ndarray, list[str | None]]] | None = None
 
     def __len__(self) -> int:
         return self.numeric.shape[0]
@@ -186,26 +189,57 @@ class CompiledChurnModel:
         n_rows = len(records)
         X = np.zeros((n_rows, self.n_encoded))
         if self.n_numeric:
-            raw = records.numeric
-            missing = np.isnan(raw)
-            block = np.concatenate([np.where(missing, self.fill, raw),
-                                    missing[:, self.indicator_of].astype(np.float64)], axis=1)
-            block -= self.mean
-            block /= self.scale
+            block = self.numeric_block(records.numeric)
             X[:, self.numeric_start:self.numeric_start + block.shape[1]] = block
         all_rows = np.arange(n_rows)
         for j, texts in enumerate(records.categories):
-            # Few distinct values per column: normalize each once, not once per row.
-            # A frame's column is factorized as it is stored (Arrow strings without
-            # becoming Python objects first: a quarter of a logistic model's batch time).
-            values = texts.array if isinstance(texts, pd.Series) else np.asarray(texts, dtype=object)
-            codes, uniques = pd.factorize(values, use_na_sentinel=True)
-            lookup = [self.category_column(j, as_text(u)) for u in uniques]
-            lookup.append(self.category_column(j, None))  # code -1: missing
+            codes, lookup = self.category_codes(j, texts, records.codes[j] if records.codes else None)
             columns = np.array([np.nan if c is None else c for c in lookup], dtype=float)[codes]
             known = ~np.isnan(columns)  # NaN: an unseen category, all zeros
             X[all_rows[known], columns[known].astype(np.intp)] = 1.0
         return X
+
+    def numeric_block(self, raw: np.ndarray) -> np.ndarray:
+        """The numeric features' encoded columns (n_rows, n_numeric + indicators): the
+        imputed values, then the missing indicators, standardized."""
+        missing = np.isnan(raw)
+        block = np.concatenate([np.where(missing, self.fill, raw),
+                                missing[:, self.indicator_of].astype(np.float64)], axis=1)
+        block -= self.mean
+        block /= self.scale
+        return block
+
+    def category_codes(self, j: int, texts, factorized: tuple[np.ndarray, list] | None = None
+                       ) -> tuple[np.ndarray, list[int | None]]:
+        """(code per row, encoded column per code) of categorical feature ``j``: the
+        column is None for an unseen category, and code -1 (the list's last entry) is
+        a missing value. ``factorized``: the codes and distinct texts, if known."""
+        # Few distinct values per column: normalize each once, not once per row.
+        # A frame's column is factorized as it is stored (Arrow strings without
+        # becoming Python objects first: a quarter of a logistic model's batch time).
+        if factorized is not None:
+            codes, uniques = factorized
+        else:
+            values = texts.array if isinstance(texts, pd.Series) else np.asarray(texts, dtype=object)
+            codes, uniques = pd.factorize(values, use_na_sentinel=True)
+        lookup = [self.category_column(j, as_text(u)) for u in uniques]
+        lookup.append(self.category_column(j, None))  # code -1: missing
+        return codes, lookup
+
+    def linear_raw(self, records: EncodedRecords) -> np.ndarray:
+        """A linear classifier's ``x . coef + intercept`` without the encoded matrix: the
+        numeric block times its coefficients, plus each row's one-hot coefficient per
+        category, looked up by code (the matrix was most of a logistic batch's model
+        time). Only the summation order differs from ``raw_many``."""
+        coef = self.scorer.coef
+        raw = np.full(len(records), self.scorer.intercept)
+        if self.n_numeric:
+            block = self.numeric_block(records.numeric)
+            raw += block @ coef[self.numeric_start:self.numeric_start + block.shape[1]]
+        for j, texts in enumerate(records.categories):
+            codes, lookup = self.category_codes(j, texts, records.codes[j] if records.codes else None)
+            raw += np.array([0.0 if c is None else coef[c] for c in lookup])[codes]
+        return raw
 
     def predict_frame(self, frame: pd.DataFrame) -> np.ndarray:
         """P(churn) of each raw record of a DataFrame (spec columns): shape (n_rows,).
@@ -249,6 +283,9 @@ class CompiledChurnModel:
     def predict_many(self, records: EncodedRecords, split: bool = True) -> np.ndarray:
         """P(churn) of each record: shape (n_rows,). ``split=False`` keeps the tree walk
         in the calling thread (the caller already runs one thread per part)."""
+        if isinstance(self.scorer, LinearScorer):
+            raw = self.linear_raw(records)
+            return self.scorer.probability_of_raw(raw) if self.calibrator is None else self.calibrator.many(raw)
         X = self.encode_many(records)
         if self.calibrator is None:
             return self.scorer.many(X, split)

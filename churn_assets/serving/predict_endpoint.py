@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+from itertools import repeat
 
+import msgspec
 import numpy as np
 import orjson
 from starlette.concurrency import run_in_threadpool
@@ -60,9 +62,24 @@ class ClientGone(Exception):
     """The client disconnected before sending its whole body."""
 
 
+class Prediction(msgspec.Struct, gc=False):
+    """One customer's answer in a batch, its fields in the order of the answer's keys."""
+
+    customer_id: object
+    churn_probability: float
+    churn_label: int
+    model_version: str
+
+
 def score(model: ServingModel, request: PredictRequest, explain: bool = False) -> dict:
     """Probabilities and labels for a checked request, all from ``model``; with
-    ``explain``, each customer's ``reasons`` and ``base_log_odds`` too (``explain.py``)."""
+    ``explain``, each customer's ``reasons`` and ``base_log_odds`` too (``explain.py``).
+
+    A batch's ``predictions`` are already JSON, an ``orjson.Fragment`` that
+    ``orjson.dumps`` splices in as is: one struct per customer, built by ``map`` and
+    encoded by msgspec, takes about half the time of 10,000 dicts encoded by orjson,
+    and the bytes are the same (both write the shortest round-trip float, and the
+    exponent notations they differ on, ``e+NN``, never occur in [0, 1]; see the tests)."""
     version, threshold = model.version, model.threshold
     if explain:
         return explained(model, request)
@@ -72,10 +89,9 @@ def score(model: ServingModel, request: PredictRequest, explain: bool = False) -
                 "churn_probability": p, "churn_label": int(p >= threshold), "threshold": threshold}
     proba = model.predict_many(request.records)
     labels = (proba >= threshold).astype(np.int64).tolist()
-    predictions = [{"customer_id": cid, "churn_probability": p, "churn_label": label,
-                    "model_version": version}
-                   for cid, p, label in zip(request.customer_ids, proba.tolist(), labels)]
-    return {"model_version": version, "threshold": threshold, "predictions": predictions}
+    predictions = list(map(Prediction, request.customer_ids, proba.tolist(), labels, repeat(version)))
+    return {"model_version": version, "threshold": threshold,
+            "predictions": orjson.Fragment(msgspec.json.encode(predictions))}
 
 
 def explained(model: ServingModel, request: PredictRequest) -> dict:

@@ -36,13 +36,23 @@ def _plain(outcome) -> dict:
     return asdict(outcome) if is_dataclass(outcome) else dict(outcome or {})
 
 
+def signed(value: float, digits: int = 3) -> str:
+    """``value`` with its sign and ``digits`` decimals, more where those would round a
+    nonzero bound to zero: an interval reading "-0.000 to +0.002" hides which side of
+    zero its low end is on ("-0.0004" does not)."""
+    shown = digits
+    while value and round(value, shown) == 0 and shown < 6:
+        shown += 1
+    return f"{value:+.{shown}f}" if round(value, shown) else f"{0.0:.{digits}f}"
+
+
 def _interval(comparison: dict | None) -> str:
     """"95% interval of the difference -0.019 to -0.005", or "" without one."""
     c = comparison or {}
     low, high, level = _number(c.get("ci_low")), _number(c.get("ci_high")), _number(c.get("confidence"))
     if low is None or high is None:
         return ""
-    return f"{100 * (level or 0.95):.4g}% interval of the difference {low:+.3f} to {high:+.3f}"
+    return f"{100 * (level or 0.95):.4g}% interval of the difference {signed(low)} to {signed(high)}"
 
 
 def rule_in_words(outcome, comparison: dict | None = None) -> str:

@@ -8,7 +8,7 @@ import pytest
 
 from churn_assets.core.gate import GateRule, evaluate_gate
 from churn_assets.health.card import render_model_card
-from churn_assets.health.gate_words import refusal_line, rule_in_words, rule_text, signed
+from churn_assets.health.gate_words import interval, refusal_line, rule_in_words, rule_text, signed
 from churn_assets.settings import Settings, SettingsError, load_settings
 
 CHAMPION = {"roc_auc": 0.800, "pr_auc": 0.40, "brier_score": 0.080}
@@ -84,9 +84,9 @@ def test_an_interval_bound_near_zero_keeps_its_side():
                "passed": False, "mode": "point", "reason": "improved by 0.0010, needs 0.2"}
     comparison = {"difference": 0.001, "ci_low": -0.00042, "ci_high": 0.0023, "confidence": 0.95}
     words = rule_in_words(outcome, comparison)
-    assert "(95% interval of the difference -0.0004 to +0.002)" in words
+    assert "(95% interval of the difference -0.0004 to +0.0023)" in words
     assert signed(-0.00004) == "-0.00004" and signed(0.0) == "0.000" and signed(-1e-9) == "0.000"
-    assert signed(0.0126) == "+0.013"
+    assert signed(0.0126) == "+0.013" and interval(-0.0234, 0.0126) == "-0.023 to +0.013"
 
 
 @pytest.mark.parametrize("spec, expected", [

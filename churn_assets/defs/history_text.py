@@ -12,7 +12,7 @@ import math
 import textwrap
 
 from churn_assets.core.metrics import HIGHER_IS_BETTER
-from churn_assets.health.gate_words import metric_label, signed
+from churn_assets.health.gate_words import interval, metric_label
 from churn_assets.storage.pointer import pin_text, shown_time
 
 WIDTH = 120
@@ -48,7 +48,7 @@ def delta_words(metric: str, difference, ci_low=None, ci_high=None) -> str:
         word = "better" if (difference > 0) == (metric in HIGHER_IS_BETTER) else "worse"
     text = f"{difference:+.4f} {word}"
     if _finite(ci_low) and _finite(ci_high):
-        text += f" (95% CI {signed(ci_low)} to {signed(ci_high)})"
+        text += f" (95% CI {interval(ci_low, ci_high)})"
     return text
 
 

@@ -36,14 +36,25 @@ def _plain(outcome) -> dict:
     return asdict(outcome) if is_dataclass(outcome) else dict(outcome or {})
 
 
+def _decimals(value: float, digits: int) -> int:
+    shown = digits
+    while value and round(value, shown) == 0 and shown < 6:
+        shown += 1
+    return shown
+
+
 def signed(value: float, digits: int = 3) -> str:
     """``value`` with its sign and ``digits`` decimals, more where those would round a
     nonzero bound to zero: an interval reading "-0.000 to +0.002" hides which side of
     zero its low end is on ("-0.0004" does not)."""
-    shown = digits
-    while value and round(value, shown) == 0 and shown < 6:
-        shown += 1
+    shown = _decimals(value, digits)
     return f"{value:+.{shown}f}" if round(value, shown) else f"{0.0:.{digits}f}"
+
+
+def interval(low: float, high: float, digits: int = 3) -> str:
+    """"-0.0004 to +0.0020": both bounds signed, with the decimals the closer to zero needs."""
+    shown = max(_decimals(low, digits), _decimals(high, digits))
+    return f"{signed(low, shown)} to {signed(high, shown)}"
 
 
 def _interval(comparison: dict | None) -> str:
@@ -52,7 +63,7 @@ def _interval(comparison: dict | None) -> str:
     low, high, level = _number(c.get("ci_low")), _number(c.get("ci_high")), _number(c.get("confidence"))
     if low is None or high is None:
         return ""
-    return f"{100 * (level or 0.95):.4g}% interval of the difference {signed(low)} to {signed(high)}"
+    return f"{100 * (level or 0.95):.4g}% interval of the difference {interval(low, high)}"
 
 
 def rule_in_words(outcome, comparison: dict | None = None) -> str:

@@ -150,3 +150,27 @@ def test_after_a_rollback_the_pages_follow_the_version_in_production(two_runs, t
     assert [p["production"] for p in points] == [True, False, False]
     assert points[1].get("rollbacks") == ["v0001"] and [p["as_of"] for p in points] == [
         FIRST_WEEK, NEXT_WEEK, THIRD_WEEK]
+
+
+def test_every_ece_shown_has_its_noise_floor_beside_it(two_runs):
+    """The card and `versions` put each ECE beside what a perfectly calibrated model would
+    show on as many rows, with the verdict, as evaluation_report does."""
+    from churn_assets.defs.history_text import format_history
+    from churn_assets.defs.reporting import production_card, registry_history
+
+    home, _, _ = two_runs
+    registry = ModelRegistry(home / "registry")
+    version, card = production_card(registry)
+    assert version == "v0002"
+    floor = re.search(r"\| challenger \| (0\.\d{4}) \| (0\.\d{4}) \| (0\.\d{4}) \| (within noise|above noise: "
+                      r"miscalibrated) \|", card)
+    assert floor, card
+    ece, mean, p95 = (float(x) for x in floor.groups()[:3])
+    assert mean < p95 and (ece <= p95) == (floor.group(4) == "within noise")
+    assert re.search(r"\| champion \| 0\.\d{4} \| 0\.\d{4} \| 0\.\d{4} \|", card)
+    text = format_history(registry_history(registry))
+    lines = [line for line in text.splitlines() if "a calibrated model:" in line]
+    assert len(lines) >= 2, text  # v0001 and v0002
+    assert all(len(line) <= 120 for line in text.splitlines()), text
+    assert re.search(r"ECE 0\.\d{4}, (within noise|above noise: miscalibrated) \(a calibrated model: 0\.\d{4},"
+                     r" 95th percentile 0\.\d{4}\)", text)

@@ -93,7 +93,25 @@ def _version_lines(v: dict) -> list[str]:
     lines = _wrapped(head)
     lines += _wrapped(f"{v.get('model_family') or '?'}; {gate}", INDENT)
     lines += _wrapped(_metric_line(v), INDENT)
+    calibration = calibration_line(v.get("calibration"))
+    if calibration:
+        lines += _wrapped(calibration, INDENT)
     return lines
+
+
+def calibration_line(rows) -> str:
+    """"ECE 0.0130, within noise (a calibrated model: 0.0098, 95th percentile 0.0140)"
+    for each model of ``reporting.calibration_rows``; "" without them."""
+    parts = []
+    for row in rows or []:
+        ece, mean, p95 = row.get("ECE"), row.get("calibrated model would show (mean)"), row.get("95th percentile")
+        if not _finite(ece):
+            continue
+        who = "" if row.get("model") == "challenger" else f"{row.get('model')} "
+        floor = (f" (a calibrated model: {mean:.4f}, 95th percentile {p95:.4f})"
+                 if _finite(mean) and _finite(p95) else "")
+        parts.append(f"{who}ECE {ece:.4f}, {row.get('verdict')}{floor}")
+    return "; ".join(parts)
 
 
 def event_words(e: dict) -> tuple[str, str]:

@@ -253,6 +253,7 @@ def card_dict(version: ModelVersion, intended_use: str | None = None) -> dict:
             "holdout_rows": m.get("holdout_rows"), "metrics": metrics, "champion_metrics": champion,
             "champion_version": m.get("champion_version"),
             "comparisons": list((m.get("comparisons") or {}).values()), "gate": m.get("gate"),
+            "calibration": calibration_rows(calibration),
             "drift": m.get("drift"), "plots": plots, "registered_at": m.get("registered_at"),
             "run_id": m.get("run_id"), "code_version": m.get("code_version"),
             "intended_use": intended_use or m.get("intended_use")}
@@ -317,6 +318,7 @@ def _decision(m: dict) -> dict:
             "ci_low": roc.get("ci_low"), "ci_high": roc.get("ci_high"),
             "gate_passed": gate.get("passed"), "bootstrap": gate.get("bootstrap"),
             "failed_rules": failed, "refused_in_words": refused_rules(gate, comparisons, m.get("best_recent")),
+            "calibration": calibration_rows(m.get("calibration") or {}),
             "run_id": m.get("run_id"), "metrics": metrics,
             "champion_metrics": m.get("champion_metrics"), "comparisons": comparisons,
             "as_of": (m.get("data_window") or {}).get("as_of"),

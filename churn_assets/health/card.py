@@ -156,7 +156,16 @@ def _metrics_section(card: dict) -> list[str]:
             note = " (lower is better)" if name in LOWER_IS_BETTER else ""
             row = [name + note, value, other, _signed(delta) if delta is not None else None, ci or None]
         rows.append(row)
-    return lines + _table(header, rows)
+    lines += _table(header, rows)
+    calibration = card.get("calibration") or []
+    if calibration:
+        # An ECE means little without the ECE chance alone gives on as many rows.
+        lines += ["", "Calibration error (ECE) beside what a perfectly calibrated model would show on as"
+                  " many holdout rows (mean and 95th percentile):", ""]
+        lines += _table(["model", "ECE", "calibrated model (mean)", "95th percentile", "verdict"],
+                        [[r.get("model"), r.get("ECE"), r.get("calibrated model would show (mean)"),
+                          r.get("95th percentile"), r.get("verdict")] for r in calibration])
+    return lines
 
 
 def _gate_section(card: dict) -> list[str]:

@@ -174,3 +174,16 @@ def test_every_ece_shown_has_its_noise_floor_beside_it(two_runs):
     assert all(len(line) <= 120 for line in text.splitlines()), text
     assert re.search(r"ECE 0\.\d{4}, (within noise|above noise: miscalibrated) \(a calibrated model: 0\.\d{4},"
                      r" 95th percentile 0\.\d{4}\)", text)
+
+
+def test_the_card_names_the_evaluated_and_the_deployed_fit_weeks(two_runs):
+    from churn_assets.defs.reporting import production_card
+
+    home, _, _ = two_runs
+    _, card = production_card(ModelRegistry(home / "registry"))
+    spans = dict(re.findall(r"^\| (train \(the evaluated fit\)|embargo \(label horizon, unused\)|validation|holdout"
+                            r"|the deployed fit's weeks) \| (\S+ → \S+) \|$", card, flags=re.M))
+    assert set(spans) == {"train (the evaluated fit)", "embargo (label horizon, unused)", "validation", "holdout",
+                          "the deployed fit's weeks"}, card
+    # The deployed fit ends where the holdout ends (the newest weeks with final labels).
+    assert spans["the deployed fit's weeks"].split(" → ")[1] == spans["holdout"].split(" → ")[1]

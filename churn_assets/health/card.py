@@ -80,6 +80,10 @@ def _summary(card: dict) -> str:
     return " · ".join(parts)
 
 
+WINDOW_ROWS = (("train", "train (the evaluated fit)"), ("embargo", "embargo (label horizon, unused)"),
+               ("validation", "validation"), ("holdout", "holdout"), ("serving", "the deployed fit's weeks"))
+
+
 def _data_section(card: dict) -> list[str]:
     lines = ["## Data", ""]
     spec = card.get("feature_spec") or {}
@@ -97,7 +101,9 @@ def _data_section(card: dict) -> list[str]:
     lines.append("")
     window = card.get("data_window") or {}
     if window:
-        rows = [[split, _span(window.get(split))] for split in ("train", "validation", "holdout") if split in window]
+        # Two fits: the evaluated one (train weeks) is what the holdout judged; the deployed
+        # one (serving weeks) is the same family refit on the newest weeks with final labels.
+        rows = [[label, _span(window.get(split))] for split, label in WINDOW_ROWS if window.get(split)]
         rows += [[key.replace("_", " "), window.get(key)] for key in ("as_of", "label_cutoff") if key in window]
         lines += _table(["window", "span"], rows)
     else:

@@ -163,3 +163,14 @@ def webhook(monkeypatch):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """A bootstrap deploy (v0001), then a weekly refresh promoted against it (v0002); one
+    data directory per test module that asks for it."""
+    home = tmp_path_factory.mktemp("two_runs") / "home"
+    first = run_graph(home, simulator(FIRST_WEEK))
+    second = run_graph(home, simulator(NEXT_WEEK))
+    assert first.success and second.success
+    return home, first, second

@@ -16,7 +16,7 @@ from churn_assets.defs.reporting import registry_history, trend_points
 from churn_assets.storage.candidates import CandidateLog
 from churn_assets.storage.registry import ModelRegistry
 
-from churn_assets_tests.conftest import (FIRST_WEEK, NEXT_WEEK, metadata_of, production_version, run_graph,
+from churn_assets_tests.conftest import (metadata_of, production_version, run_graph,
                                          simulator, with_shuffled_labels)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -25,16 +25,6 @@ PLOTS = ("roc_pr", "reliability", "confusion_matrix", "feature_importance", "roc
 
 def inline_pngs(markdown: str) -> list[bytes]:
     return [base64.b64decode(b) for b in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", markdown)]
-
-
-@pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
-    """A bootstrap run, then a weekly refresh that is compared against it."""
-    home = tmp_path_factory.mktemp("report") / "home"
-    first = run_graph(home, simulator(FIRST_WEEK))
-    second = run_graph(home, simulator(NEXT_WEEK))
-    assert first.success and second.success
-    return home, first, second
 
 
 def test_evaluation_report_has_paired_comparisons_with_intervals(two_runs):

@@ -9,7 +9,6 @@ import re
 import shutil
 
 import dagster as dg
-import pytest
 
 from churn_assets.defs.reporting import trend_points
 from churn_assets.storage.registry import ModelRegistry
@@ -27,16 +26,6 @@ THIRD_WEEK = "2026-05-18"
 CHARTED = ["1_roc_auc", "1_roc_auc_champion", "1_roc_auc_delta", "2_pr_auc", "2_pr_auc_champion",
            "2_pr_auc_delta", "3_brier_skill", "3_brier_skill_champion", "3_brier_skill_delta",
            "4_ece", "4_ece_champion", "4_ece_delta"]
-
-
-@pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
-    """A bootstrap deploy (v0001), then a refresh promoted against it (v0002)."""
-    home = tmp_path_factory.mktemp("pages") / "home"
-    first = run_graph(home, simulator(FIRST_WEEK))
-    second = run_graph(home, simulator(NEXT_WEEK))
-    assert first.success and second.success
-    return home, first, second
 
 
 def materialization(result: dg.ExecuteInProcessResult, asset: str) -> dict:

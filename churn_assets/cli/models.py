@@ -74,18 +74,13 @@ def _report_production_to_dagster(settings, pointer: dict, action: str, risk_lis
     production, its pin and the state of the risk list."""
     import dagster as dg
 
-    from churn_assets.core.markdown import md_table
-    from churn_assets.defs.history_text import history_rows
-    from churn_assets.defs.reporting import card_text, inline_images, registry_history, stored_plots
-    from churn_assets.storage.pointer import pin_text, production_status
+    from churn_assets.defs.reporting import production_pages
+    from churn_assets.storage.pointer import pin_text
     from churn_assets.storage.registry import RegistryError
 
     try:
-        registry = _registry()
-        version = registry.get(pointer["version"])
-        card = inline_images(card_text(version, settings.intended_use(), production_status(pointer, version.version)),
-                             stored_plots(version))
-        history = md_table(history_rows(registry_history(registry)))
+        history, shown = production_pages(_registry(), settings.intended_use())
+        card = shown[1] if shown else "model card unavailable: no version in production"
     except (RegistryError, OSError) as exc:  # the pointer moved; the card is a nicety
         card, history = f"model card unavailable: {exc}", f"registry history unavailable: {exc}"
     return _report_to_dagster(settings, dg.AssetMaterialization(

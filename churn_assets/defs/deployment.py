@@ -4,12 +4,10 @@ import dagster as dg
 
 from churn_assets.core.artifact import ChurnPredictor
 from churn_assets.core.evaluation import EvaluationReport
-from churn_assets.core.markdown import md_table
 from churn_assets.defs import reporting
 from churn_assets.defs.checks import record_refusal, verdict_for, verdict_metadata
 from churn_assets.defs.decisions import record_run_outcome
 from churn_assets.defs.evaluation import rounded_metadata
-from churn_assets.defs.history_text import history_rows
 from churn_assets.defs.outcome import tag_outcome
 from churn_assets.defs.resources import ChurnStorage, DeploymentGateRules
 from churn_assets.health.plots import metric_trend
@@ -125,9 +123,8 @@ def pages(storage: ChurnStorage, model_card: ModelCard) -> dict:
     """What every deployed_model materialization shows: the registry's history as a table
     and the card of the version production points at now (after a rollback, or while a
     challenger is held, that version's card, not this run's challenger's)."""
-    registry = storage.registry()
-    out = {"history": dg.MetadataValue.md(md_table(history_rows(reporting.registry_history(registry))))}
-    shown = reporting.production_card(registry, model_card.intended_use or None)
+    history, shown = reporting.production_pages(storage.registry(), model_card.intended_use or None)
+    out = {"history": dg.MetadataValue.md(history)}
     if shown is not None:
         out["card_version"] = shown[0]
         out["model_card"] = dg.MetadataValue.md(shown[1])

@@ -15,7 +15,9 @@ from pathlib import Path
 import pandas as pd
 
 from churn_assets.core.gate import GateVerdict, evaluate_gate
+from churn_assets.core.markdown import md_table
 from churn_assets.core.metrics import HIGHER_IS_BETTER, METRIC_NAMES
+from churn_assets.defs.history_text import history_rows
 from churn_assets.health import plots as health_plots
 from churn_assets.health.card import render_model_card
 from churn_assets.health.gate_words import refused_rules
@@ -295,6 +297,12 @@ def production_card(registry: ModelRegistry, intended_use: str | None = None) ->
     version = registry.get(pointer["version"])
     text = card_text(version, intended_use, production_status(pointer, version.version))
     return version.version, inline_images(text, stored_plots(version))
+
+
+def production_pages(registry: ModelRegistry, intended_use: str | None = None) -> tuple[str, tuple[str, str] | None]:
+    """What deployed_model shows, from a run or from the CLI: the registry's history as a
+    markdown table, and ``production_card`` (None before the first promotion)."""
+    return md_table(history_rows(registry_history(registry))), production_card(registry, intended_use)
 
 
 def stored_plots(version: ModelVersion) -> dict[str, bytes]:
